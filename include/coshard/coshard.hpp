@@ -1,0 +1,8 @@
+// coshard/coshard.hpp - everything a user needs in one include.
+#pragma once
+
+#include "coshard/errors.hpp"
+#include "coshard/keyed_reduce.hpp"
+#include "coshard/pool_options.hpp"
+#include "coshard/process_pool.hpp"
+#include "coshard/serialization.hpp"

@@ -1,0 +1,68 @@
+// coshard/detail/byte_buffer.hpp - a growable byte buffer without zero-filling.
+#pragma once
+
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <span>
+
+namespace coshard::detail {
+
+// std::vector<std::byte> value-initialises on resize; batches are written once
+// and reused across jobs, so the zero fill would be pure overhead.
+class byte_buffer {
+ public:
+  byte_buffer() = default;
+  byte_buffer(byte_buffer&& o) noexcept
+      : data_(std::move(o.data_)), size_(o.size_), capacity_(o.capacity_) {
+    o.size_ = o.capacity_ = 0;
+  }
+  byte_buffer& operator=(byte_buffer&& o) noexcept {
+    data_ = std::move(o.data_);
+    size_ = o.size_;
+    capacity_ = o.capacity_;
+    o.size_ = o.capacity_ = 0;
+    return *this;
+  }
+
+  [[nodiscard]] std::byte* data() noexcept { return data_.get(); }
+  [[nodiscard]] const std::byte* data() const noexcept { return data_.get(); }
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
+  [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
+  [[nodiscard]] std::span<const std::byte> view() const noexcept { return {data_.get(), size_}; }
+
+  void clear() noexcept { size_ = 0; }
+  void reserve(std::size_t n) {
+    if (n <= capacity_) return;
+    std::size_t cap = capacity_ ? capacity_ : 256;
+    while (cap < n) cap *= 2;
+    auto fresh = std::make_unique_for_overwrite<std::byte[]>(cap);
+    if (size_) std::memcpy(fresh.get(), data_.get(), size_);
+    data_ = std::move(fresh);
+    capacity_ = cap;
+  }
+  /// Grows by n uninitialised bytes and returns a pointer to them.
+  std::byte* grow(std::size_t n) {
+    reserve(size_ + n);
+    std::byte* p = data_.get() + size_;
+    size_ += n;
+    return p;
+  }
+  void append(const void* p, std::size_t n) {
+    if (n) std::memcpy(grow(n), p, n);
+  }
+  /// Drops capacity beyond `keep` bytes so one huge batch does not pin memory forever.
+  void shrink_if_above(std::size_t keep) {
+    if (capacity_ > keep && size_ == 0) {
+      data_.reset();
+      capacity_ = 0;
+    }
+  }
+
+ private:
+  std::unique_ptr<std::byte[]> data_;
+  std::size_t size_ = 0;
+  std::size_t capacity_ = 0;
+};
+
+}  // namespace coshard::detail

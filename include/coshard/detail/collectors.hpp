@@ -1,0 +1,97 @@
+// coshard/detail/collectors.hpp - what the parent does with each reply: place
+// results in input order, fold partials, or hand results to a sink.
+#pragma once
+
+#include <cstring>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "coshard/detail/wire.hpp"
+#include "coshard/serialization.hpp"
+
+namespace coshard::detail {
+
+/// Results of `map`, placed by input index as batches return in any order.
+template <class R>
+class ordered_collector {
+ public:
+  using value_type = std::vector<R>;
+  static constexpr bool is_reduce = false;
+
+  void reserve(std::size_t n) { out_.reserve(n); }
+
+  void on_result(const frame_header& h, std::span<const std::byte> payload) {
+    const std::size_t first = h.first_index;
+    if (out_.size() < first + h.count) out_.resize(first + h.count);
+    if constexpr (bitwise_serializable<R> && !std::is_same_v<R, bool>) {
+      // Results land in their final place with one copy.
+      if (payload.size() != std::size_t{h.count} * sizeof(R))
+        throw serialization_error("coshard: corrupt result frame: " + std::to_string(payload.size()) +
+                                  " bytes for " + std::to_string(h.count) + " results");
+      if (h.count) std::memcpy(static_cast<void*>(out_.data() + first), payload.data(), payload.size());
+    } else {
+      input_archive in(payload);
+      for (std::size_t i = 0; i < h.count; ++i) out_[first + i] = decode_one<R>(in);
+      check_fully_consumed<R>(in, "result frame");
+    }
+  }
+
+  value_type take() { return std::move(out_); }
+
+ private:
+  std::vector<R> out_;
+};
+
+/// Folds the one partial per batch that map_reduce workers send.
+template <class Acc, class Reduce>
+class reduce_collector {
+ public:
+  using value_type = Acc;
+  static constexpr bool is_reduce = true;
+
+  reduce_collector(Reduce reduce, Acc init) : reduce_(std::move(reduce)), acc_(std::move(init)) {}
+  void reserve(std::size_t) {}
+
+  void on_result(const frame_header&, std::span<const std::byte> payload) {
+    acc_ = reduce_(std::move(acc_), decode<Acc>(payload));
+  }
+
+  value_type take() { return std::move(acc_); }
+
+ private:
+  Reduce reduce_;
+  Acc acc_;
+};
+
+/// Hands each result to a callback as its batch returns (completion order).
+template <class R, class Sink>
+class sink_collector {
+ public:
+  using value_type = std::size_t;  // how many results were delivered
+  static constexpr bool is_reduce = false;
+
+  explicit sink_collector(Sink sink) : sink_(std::move(sink)) {}
+  void reserve(std::size_t) {}
+
+  void on_result(const frame_header& h, std::span<const std::byte> payload) {
+    input_archive in(payload);
+    std::vector<R> batch;
+    batch.reserve(h.count);
+    for (std::size_t i = 0; i < h.count; ++i) batch.push_back(decode_one<R>(in));
+    check_fully_consumed<R>(in, "result frame");
+    for (std::size_t i = 0; i < h.count; ++i) {
+      ++delivered_;
+      sink_(static_cast<std::size_t>(h.first_index + i), std::move(batch[i]));
+    }
+  }
+
+  value_type take() { return delivered_; }
+
+ private:
+  Sink sink_;
+  std::size_t delivered_ = 0;
+};
+
+}  // namespace coshard::detail

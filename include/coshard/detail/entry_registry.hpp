@@ -1,0 +1,82 @@
+// coshard/detail/entry_registry.hpp - the table of entry points a worker may run.
+//
+// Workers are forked before the user's lambdas are passed to the pool, so a
+// job names its code by id. Every instantiation of `entry<Spec>` adds itself to
+// this table during static initialisation, so every process of the binary
+// (forked workers, re-executed ranks) holds the same table. A worker only ever
+// calls factories found here; an id read from the wire is never an address.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string_view>
+#include <unordered_map>
+
+namespace coshard::detail {
+
+class job_runner;
+class worker_context;
+
+/// The parts of a job_start frame, each still encoded.
+struct job_start_view {
+  std::span<const std::byte> fn;
+  std::span<const std::byte> reduce;
+  std::span<const std::byte> shared;
+  std::span<const std::byte> init;
+};
+
+using runner_factory = std::shared_ptr<job_runner> (*)(worker_context&, const job_start_view&);
+
+constexpr std::uint64_t fnv1a(std::string_view s) noexcept {
+  std::uint64_t h = 1469598103934665603ull;
+  for (char c : s) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+template <class T>
+constexpr std::uint64_t type_hash() noexcept {
+  return fnv1a(__PRETTY_FUNCTION__);
+}
+
+class entry_registry {
+ public:
+  /// Registers `factory` under the hash of its type's name. Two lambdas can
+  /// print the same name (g++ does not number them), so a clash moves the
+  /// later one to the next free id; registration order is fixed per binary,
+  /// so every process computes the same ids.
+  static std::uint64_t add(std::uint64_t name_hash, runner_factory factory) {
+    std::lock_guard lock(mutex());
+    auto& t = table();
+    std::uint64_t id = name_hash;
+    for (;;) {
+      auto [it, inserted] = t.emplace(id, factory);
+      if (inserted || it->second == factory) return id;
+      id = id * 1099511628211ull + 0x9e3779b97f4a7c15ull;
+    }
+  }
+
+  /// The factory registered under `id`, or nullptr.
+  static runner_factory find(std::uint64_t id) {
+    std::lock_guard lock(mutex());
+    auto it = table().find(id);
+    return it == table().end() ? nullptr : it->second;
+  }
+
+ private:
+  static std::unordered_map<std::uint64_t, runner_factory>& table() {
+    static std::unordered_map<std::uint64_t, runner_factory> t;
+    return t;
+  }
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+};
+
+}  // namespace coshard::detail

@@ -1,0 +1,183 @@
+// coshard/detail/worker_process.hpp - the event loop a worker process runs
+// until its channel to the parent closes.
+#pragma once
+
+#include <asio/co_spawn.hpp>
+#include <asio/io_context.hpp>
+#include <asio/local/stream_protocol.hpp>
+#include <asio/read.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include <array>
+#include <cstdio>
+#include <deque>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "coshard/detail/job_runner.hpp"
+
+namespace coshard::detail {
+
+struct worker_settings {
+  std::size_t concurrency = 64;
+  std::uint64_t max_frame_bytes = 1ull << 30;
+};
+
+class worker_process final : public worker_context {
+ public:
+  worker_process(int fd, worker_settings settings)
+      : settings_(settings), socket_(io_, asio::local::stream_protocol(), fd) {}
+
+  /// Serves frames until the parent closes the channel. Returns the process
+  /// exit code: 0 on a clean EOF, non-zero after a protocol error.
+  int run() {
+    int code = 0;
+    asio::co_spawn(io_, read_loop(), [&](std::exception_ptr e) {
+      if (e) code = report(e);
+      io_.stop();
+    });
+    io_.run();
+    return code;
+  }
+
+  asio::io_context& io() override { return io_; }
+  [[nodiscard]] std::size_t concurrency() const override { return settings_.concurrency; }
+
+  byte_buffer take_buffer() override {
+    if (spare_.empty()) return {};
+    byte_buffer b = std::move(spare_.back());
+    spare_.pop_back();
+    return b;
+  }
+
+  void send(const frame_header& h, byte_buffer payload) override {
+    outbox_.emplace_back(h, std::move(payload));
+    if (!writing_) {
+      writing_ = true;
+      asio::co_spawn(io_, write_loop(), [this](std::exception_ptr e) {
+        if (e) {
+          report(e);
+          io_.stop();
+        }
+      });
+    }
+  }
+
+ private:
+  static int report(std::exception_ptr e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::system_error& err) {
+      if (err.code() == asio::error::eof || err.code() == asio::error::connection_reset ||
+          err.code() == asio::error::broken_pipe)
+        return 0;  // the parent went away or shut us down
+      std::fprintf(stderr, "coshard worker %d: %s\n", static_cast<int>(::getpid()), err.what());
+    } catch (const std::exception& err) {
+      std::fprintf(stderr, "coshard worker %d: %s\n", static_cast<int>(::getpid()), err.what());
+    }
+    return 3;
+  }
+
+  asio::awaitable<void> read_loop() {
+    for (;;) {
+      frame_header h;
+      co_await asio::async_read(socket_, asio::buffer(&h, sizeof h), asio::use_awaitable);
+      validate_header(h, settings_.max_frame_bytes);
+      inbox_.clear();
+      inbox_.grow(h.payload_size);
+      co_await asio::async_read(socket_, asio::buffer(inbox_.data(), inbox_.size()),
+                                asio::use_awaitable);
+      dispatch(h, inbox_.view());
+    }
+  }
+
+  void dispatch(const frame_header& h, std::span<const std::byte> payload) {
+    switch (h.type) {
+      case frame_type::job_start:
+        runner_.reset();
+        job_ = h.job;
+        try {
+          runner_ = make_runner(payload);
+        } catch (...) {
+          send_job_failed(h, describe_current_exception());
+        }
+        return;
+      case frame_type::batch:
+        if (!runner_ || h.job != job_) {
+          send_job_failed(h, {"coshard::pool_error", "batch for a job this worker did not start"});
+          return;
+        }
+        try {
+          runner_->on_batch(h, payload);
+        } catch (...) {
+          // Decoding the parent's own encoding failed: the channel is not trustworthy.
+          send_job_failed(h, describe_current_exception());
+        }
+        return;
+      case frame_type::job_end:
+        runner_.reset();
+        return;
+      default:
+        throw serialization_error("coshard: unexpected frame type " +
+                                  std::to_string(static_cast<int>(h.type)) + " from the parent");
+    }
+  }
+
+  std::shared_ptr<job_runner> make_runner(std::span<const std::byte> payload) {
+    input_archive in(payload);
+    const auto id = decode_one<std::uint64_t>(in);
+    auto part = [&] {
+      const auto n = decode_one<std::uint64_t>(in);
+      if (n > in.remaining()) throw serialization_error("coshard: truncated job_start frame");
+      std::span<const std::byte> s = payload.subspan(in.position(), n);
+      in.skip(n);
+      return s;
+    };
+    job_start_view v;
+    v.fn = part();
+    v.reduce = part();
+    v.shared = part();
+    v.init = part();
+    check_fully_consumed<void>(in, "job_start");
+    runner_factory make = entry_registry::find(id);
+    if (!make)
+      throw pool_error("coshard: unknown entry id " + std::to_string(id) +
+                       ": the worker does not run the same binary as the parent");
+    return make(*this, v);
+  }
+
+  void send_job_failed(const frame_header& h, const exception_description& what) {
+    byte_buffer out = take_buffer();
+    encode_value(out, what.type_name + ": " + what.message);
+    frame_header reply = reply_header(h, frame_type::job_failed);
+    reply.payload_size = out.size();
+    send(reply, std::move(out));
+  }
+
+  asio::awaitable<void> write_loop() {
+    while (!outbox_.empty()) {
+      auto& [h, payload] = outbox_.front();
+      std::array<asio::const_buffer, 2> bufs{asio::buffer(&h, sizeof h),
+                                             asio::buffer(payload.data(), payload.size())};
+      co_await asio::async_write(socket_, bufs, asio::use_awaitable);
+      payload.clear();
+      if (spare_.size() < 8) spare_.push_back(std::move(payload));
+      outbox_.pop_front();
+    }
+    writing_ = false;
+  }
+
+  worker_settings settings_;
+  asio::io_context io_{1};
+  asio::local::stream_protocol::socket socket_;
+  byte_buffer inbox_;
+  std::deque<std::pair<frame_header, byte_buffer>> outbox_;
+  std::vector<byte_buffer> spare_;
+  bool writing_ = false;
+  std::shared_ptr<job_runner> runner_;
+  std::uint64_t job_ = 0;
+};
+
+}  // namespace coshard::detail

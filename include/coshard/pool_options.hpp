@@ -1,0 +1,33 @@
+// coshard/pool_options.hpp - the knobs of a process_pool, one aggregate.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+
+namespace coshard {
+
+/// Options of a process_pool, meant for designated initializers:
+/// `coshard::process_pool pool{{.workers = 4, .concurrency = 128}};`
+struct pool_options {
+  /// Worker processes; 0 starts one per hardware thread.
+  std::size_t workers = 0;
+  /// Awaitable items running at once inside one worker (plain functions run
+  /// one at a time, inline).
+  std::size_t concurrency = 64;
+  /// Items per batch; 0 adapts the size toward `target_batch_time`.
+  std::size_t batch_size = 0;
+  /// Batches sent ahead to each worker so it never waits for the parent.
+  std::size_t batches_in_flight = 2;
+  /// Adaptive batching aims for batches that take this long in a worker.
+  std::chrono::microseconds target_batch_time{2000};
+  /// A batch is closed once its encoded inputs reach this size (a single
+  /// larger item still travels alone).
+  std::size_t max_batch_bytes = std::size_t{1} << 20;
+  /// Largest frame either side accepts; bigger frames are a protocol error.
+  std::uint64_t max_frame_bytes = std::uint64_t{1} << 31;
+  /// How long the destructor waits for workers to exit before killing them.
+  std::chrono::milliseconds shutdown_timeout{2000};
+};
+
+}  // namespace coshard

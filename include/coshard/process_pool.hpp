@@ -1,0 +1,340 @@
+// coshard/process_pool.hpp - a pool of worker processes, each running its own
+// asio::io_context, that maps functions over input ranges.
+#pragma once
+
+#include <asio/any_io_executor.hpp>
+#include <asio/async_result.hpp>
+#include <asio/co_spawn.hpp>
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
+#include <asio/strand.hpp>
+
+#include <atomic>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <ranges>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "coshard/detail/collectors.hpp"
+#include "coshard/detail/job.hpp"
+#include "coshard/detail/worker_set.hpp"
+#include "coshard/errors.hpp"
+#include "coshard/keyed_reduce.hpp"
+#include "coshard/pool_options.hpp"
+#include "coshard/serialization.hpp"
+
+namespace coshard {
+
+namespace detail {
+
+// Each requirement gets its own message: the compiler shows the first that fails.
+template <class F, class S, class T>
+consteval bool check_task() {
+  static_assert(!std::is_pointer_v<F> && !std::is_function_v<std::remove_pointer_t<F>>,
+                "coshard: pass a lambda or function object, not a function pointer: a pointer is an "
+                "address in this process and is never sent to a worker. Wrap it: "
+                "[](T x) { return f(x); }");
+  static_assert(std::is_trivially_copyable_v<F>,
+                "coshard: the function object is sent to pre-forked workers as bytes, so it must be "
+                "empty or trivially copyable. Capture only plain values (ints, doubles, POD structs); "
+                "pass strings, containers and other state as the `shared` argument or in the input.");
+  static_assert(invocable_task<F, S, T>,
+                "coshard: the function cannot be called with the input range's value type (after "
+                "the `const S&` shared value, when one is given)");
+  static_assert(serializable<T>,
+                "coshard: the input type cannot cross processes: make it trivially copyable or "
+                "give it a cereal serialize() function");
+  static_assert(serializable<S>,
+                "coshard: the shared value's type cannot cross processes: make it trivially "
+                "copyable or give it a cereal serialize() function");
+  using R = typename task_traits<F, S, T>::result_type;
+  static_assert(!std::is_void_v<R>, "coshard: the function must return a value");
+  static_assert(serializable<R>,
+                "coshard: the result type cannot cross processes: make it trivially copyable or "
+                "give it a cereal serialize() function");
+  return true;
+}
+
+template <class E>
+struct is_io_executor
+    : std::bool_constant<std::is_same_v<E, asio::any_io_executor> ||
+                         std::is_same_v<E, asio::io_context::executor_type>> {};
+template <class E>
+struct is_io_executor<asio::strand<E>> : is_io_executor<E> {};
+
+template <class Range>
+using input_of = std::ranges::range_value_t<Range>;
+
+}  // namespace detail
+
+/// A fixed set of pre-forked worker processes. Each worker runs a
+/// single-threaded asio::io_context; batches of input are pulled by the
+/// workers, run there (awaitable tasks up to `concurrency` at once per
+/// worker, plain functions inline) and their results or partial reductions
+/// come back to the caller.
+///
+/// One job runs at a time per pool: starting a second while one runs fails
+/// with pool_error. The pool must outlive the jobs it runs.
+///
+/// Function objects cross to workers as bytes (see DESIGN.md): lambdas without
+/// captures, or capturing only trivially copyable values. Do not capture
+/// references or pointers: the worker sees its own copy of memory as it was
+/// when the pool was created.
+class process_pool {
+ public:
+  /// Starts the workers. Throws pool_error if an option is invalid or a worker
+  /// cannot be started (every worker already started is reaped first).
+  explicit process_pool(pool_options options = {}) : workers_(validated(options)) {}
+
+  process_pool(const process_pool&) = delete;
+  process_pool& operator=(const process_pool&) = delete;
+
+  /// Closes the workers' channels, waits up to `shutdown_timeout` for them to
+  /// exit and kills the rest. Never throws; leaves no child process behind.
+  ~process_pool() {
+    if (background_thread_.joinable()) {
+      background_guard_.reset();
+      background_thread_.join();
+    }
+    workers_.shutdown();
+  }
+
+  /// Number of worker processes.
+  [[nodiscard]] std::size_t size() const noexcept { return workers_.slots().size(); }
+
+  /// Process ids of the current workers (a replaced worker has a new pid).
+  [[nodiscard]] std::vector<pid_t> worker_pids() const {
+    std::vector<pid_t> pids;
+    for (auto& s : workers_.slots()) pids.push_back(s.pid);
+    return pids;
+  }
+
+  /// Applies `fn` to every input and returns the results in input order.
+  /// `fn` is `R(T)` or `asio::awaitable<R>(T)`, T the range's value type.
+  /// Inputs are pulled lazily in batches. Blocks the calling thread.
+  /// Throws task_error for the failing item with the lowest index seen (the
+  /// remaining batches are not started), pool_error if a worker is lost.
+  template <std::ranges::input_range Range, class F>
+  [[nodiscard]] auto map(Range&& inputs, F fn) {
+    return run_blocking(make_map_job(std::views::all(std::forward<Range>(inputs)), fn, detail::no_shared{}));
+  }
+
+  /// As map(inputs, fn), calling `fn(shared, item)`; `shared` is sent to each
+  /// worker once per job, not once per item.
+  template <std::ranges::input_range Range, class F, class S>
+  [[nodiscard]] auto map(Range&& inputs, F fn, const S& shared) {
+    return run_blocking(make_map_job(std::views::all(std::forward<Range>(inputs)), fn, shared));
+  }
+
+  /// Applies `fn` to every input and folds the results with `reduce`, first
+  /// inside each worker (one partial per batch crosses back), then in the
+  /// caller. `init` must be an identity of `reduce` (0 for +, an empty map
+  /// for merges): every batch starts from it. `reduce` must be associative and
+  /// commutative, callable as reduce(Acc, R) and reduce(Acc, Acc), and
+  /// shippable like `fn`. Errors as for map.
+  template <std::ranges::input_range Range, class F, class Reduce, class Acc>
+  [[nodiscard]] Acc map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init) {
+    return run_blocking(make_reduce_job(std::views::all(std::forward<Range>(inputs)), fn, reduce,
+                                        std::move(init), detail::no_shared{}));
+  }
+
+  /// map_reduce with a broadcast `shared` value, passed as fn(shared, item).
+  template <std::ranges::input_range Range, class F, class Reduce, class Acc, class S>
+  [[nodiscard]] Acc map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, const S& shared) {
+    return run_blocking(make_reduce_job(std::views::all(std::forward<Range>(inputs)), fn, reduce,
+                                        std::move(init), shared));
+  }
+
+  /// Keyed reduce: `fn` returns a map (e.g. word -> count) per input; the maps
+  /// are merged with `combine` on equal keys, in the workers and then here.
+  template <std::ranges::input_range Range, class F, class Combine = std::plus<>>
+  [[nodiscard]] auto map_reduce_by_key(Range&& inputs, F fn, Combine combine = {}) {
+    using map_type = typename detail::task_traits<F, detail::no_shared,
+                                                  detail::input_of<Range>>::result_type;
+    return map_reduce(std::forward<Range>(inputs), fn, merge_maps<Combine>{combine}, map_type{});
+  }
+
+  /// Streams results in completion order: `sink(index, result)` runs in the
+  /// calling thread as each batch returns (use batch_size = 1 for one call per
+  /// finished item as early as possible). Returns how many results were
+  /// delivered. An exception from `sink` stops the job and is rethrown.
+  template <std::ranges::input_range Range, class F, class Sink>
+  std::size_t for_each_result(Range&& inputs, F fn, Sink sink) {
+    return run_blocking(make_sink_job(std::views::all(std::forward<Range>(inputs)), fn, std::move(sink)));
+  }
+
+  /// Asynchronous map. Completion signature:
+  /// `void(std::exception_ptr, std::vector<R>)`. The job runs on the completion
+  /// handler's associated executor (e.g. the coroutine's with use_awaitable);
+  /// a handler without an io executor (use_future, a plain callback) gets it
+  /// run on a thread owned by the pool. Lvalue inputs must outlive the
+  /// operation; rvalue containers are moved into it. Errors as for map, in the
+  /// exception_ptr.
+  template <std::ranges::input_range Range, class F, class CompletionToken>
+  auto async_map(Range&& inputs, F fn, CompletionToken&& token) {
+    auto j = make_map_job(std::views::all(std::forward<Range>(inputs)), fn, detail::no_shared{});
+    return launch(std::move(j), std::forward<CompletionToken>(token));
+  }
+
+  /// Asynchronous map with a shared value; see async_map.
+  template <std::ranges::input_range Range, class F, class S, class CompletionToken>
+  auto async_map(Range&& inputs, F fn, const S& shared, CompletionToken&& token) {
+    auto j = make_map_job(std::views::all(std::forward<Range>(inputs)), fn, shared);
+    return launch(std::move(j), std::forward<CompletionToken>(token));
+  }
+
+  /// Asynchronous map_reduce; completion signature `void(std::exception_ptr, Acc)`.
+  template <std::ranges::input_range Range, class F, class Reduce, class Acc, class CompletionToken>
+  auto async_map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, CompletionToken&& token) {
+    auto j = make_reduce_job(std::views::all(std::forward<Range>(inputs)), fn, reduce, std::move(init),
+                             detail::no_shared{});
+    return launch(std::move(j), std::forward<CompletionToken>(token));
+  }
+
+  /// Asynchronous for_each_result; `sink` runs on the job's executor.
+  /// Completion signature `void(std::exception_ptr, std::size_t)`.
+  template <std::ranges::input_range Range, class F, class Sink, class CompletionToken>
+  auto async_for_each_result(Range&& inputs, F fn, Sink sink, CompletionToken&& token) {
+    auto j = make_sink_job(std::views::all(std::forward<Range>(inputs)), fn, std::move(sink));
+    return launch(std::move(j), std::forward<CompletionToken>(token));
+  }
+
+ private:
+  static const pool_options& validated(const pool_options& o) {
+    if (o.concurrency == 0) throw pool_error("coshard: pool_options.concurrency must be at least 1");
+    if (o.batches_in_flight == 0)
+      throw pool_error("coshard: pool_options.batches_in_flight must be at least 1");
+    if (o.max_batch_bytes == 0) throw pool_error("coshard: pool_options.max_batch_bytes must be at least 1");
+    if (o.max_frame_bytes < 4096)
+      throw pool_error("coshard: pool_options.max_frame_bytes must be at least 4096");
+    return o;
+  }
+
+  template <class View, class F, class S>
+  auto make_map_job(View view, const F& fn, const S& shared) {
+    using T = detail::input_of<View>;
+    static_assert(detail::check_task<F, S, T>());
+    using spec = detail::job_spec<F, T, S, detail::no_reduce, detail::no_reduce>;
+    using R = typename spec::result_type;
+    static_assert(std::is_default_constructible_v<R>,
+                  "coshard: map results must be default constructible (they are placed by index)");
+    return detail::job<spec, View, detail::ordered_collector<R>>(
+        workers_, ++job_counter_, std::move(view),
+        detail::encode_job_start<spec>(fn, {}, shared, {}), detail::ordered_collector<R>{});
+  }
+
+  template <class View, class F, class Reduce, class Acc, class S>
+  auto make_reduce_job(View view, const F& fn, const Reduce& reduce, Acc init, const S& shared) {
+    using T = detail::input_of<View>;
+    static_assert(detail::check_task<F, S, T>());
+    static_assert(std::is_class_v<Reduce> && std::is_trivially_copyable_v<Reduce>,
+                  "coshard: the reducer runs in the workers too, so it must be an empty or "
+                  "trivially copyable function object (std::plus<>{}, a capture-less lambda, "
+                  "coshard::merge_maps<>{})");
+    static_assert(serializable<Acc>, "coshard: the accumulator type cannot cross processes");
+    using spec = detail::job_spec<F, T, S, Reduce, Acc>;
+    using R = typename spec::result_type;
+    static_assert(std::is_invocable_r_v<Acc, const Reduce&, Acc&&, R&&>,
+                  "coshard: reduce(Acc, R) must be callable and return the accumulator type");
+    static_assert(std::is_invocable_r_v<Acc, const Reduce&, Acc&&, Acc&&>,
+                  "coshard: reduce(Acc, Acc) must be callable to fold the workers' partials");
+    auto start = detail::encode_job_start<spec>(fn, reduce, shared, init);
+    return detail::job<spec, View, detail::reduce_collector<Acc, Reduce>>(
+        workers_, ++job_counter_, std::move(view), std::move(start),
+        detail::reduce_collector<Acc, Reduce>(reduce, std::move(init)));
+  }
+
+  template <class View, class F, class Sink>
+  auto make_sink_job(View view, const F& fn, Sink sink) {
+    using T = detail::input_of<View>;
+    static_assert(detail::check_task<F, detail::no_shared, T>());
+    using spec = detail::job_spec<F, T, detail::no_shared, detail::no_reduce, detail::no_reduce>;
+    using R = typename spec::result_type;
+    static_assert(std::is_invocable_v<Sink&, std::size_t, R&&>,
+                  "coshard: the sink must be callable as sink(std::size_t index, R&& result)");
+    return detail::job<spec, View, detail::sink_collector<R, Sink>>(
+        workers_, ++job_counter_, std::move(view),
+        detail::encode_job_start<spec>(fn, {}, detail::no_shared{}, {}),
+        detail::sink_collector<R, Sink>(std::move(sink)));
+  }
+
+  // Marks the pool busy for one job; a second concurrent job is an error
+  // rather than a silent interleaving of two jobs' frames on one channel.
+  class busy_scope {
+   public:
+    explicit busy_scope(std::atomic<bool>& flag) : flag_(flag) {
+      if (flag_.exchange(true))
+        throw pool_error("coshard: this process_pool is already running a job; "
+                         "wait for it to finish or use a second pool");
+    }
+    ~busy_scope() { flag_.store(false); }
+    busy_scope(const busy_scope&) = delete;
+    busy_scope& operator=(const busy_scope&) = delete;
+
+   private:
+    std::atomic<bool>& flag_;
+  };
+
+  template <class Job>
+  static asio::awaitable<typename Job::value_type> run_guarded(process_pool* self, Job j) {
+    busy_scope busy(self->busy_);
+    self->workers_.replace_broken();
+    co_return co_await j.run();
+  }
+
+  template <class Job>
+  typename Job::value_type run_blocking(Job j) {
+    std::exception_ptr error;
+    std::optional<typename Job::value_type> out;
+    asio::co_spawn(
+        io_,
+        [&]() -> asio::awaitable<void> { out.emplace(co_await run_guarded(this, std::move(j))); },
+        [&](std::exception_ptr e) { error = e; });
+    io_.restart();
+    io_.run();
+    if (error) std::rethrow_exception(error);
+    return std::move(*out);
+  }
+
+  asio::io_context::executor_type background_executor() {
+    std::lock_guard lock(background_mutex_);
+    if (!background_thread_.joinable()) {
+      background_guard_.emplace(background_.get_executor());
+      background_thread_ = std::thread([this] { background_.run(); });
+    }
+    return background_.get_executor();
+  }
+
+  template <class Job, class CompletionToken>
+  auto launch(Job j, CompletionToken&& token) {
+    using value_type = typename Job::value_type;
+    return asio::async_initiate<CompletionToken, void(std::exception_ptr, value_type)>(
+        [this](auto handler, Job j) {
+          using handler_type = decltype(handler);
+          using own_executor = asio::associated_executor_t<handler_type, asio::system_executor>;
+          if constexpr (detail::is_io_executor<own_executor>::value) {
+            auto ex = asio::make_strand(asio::get_associated_executor(handler));
+            asio::co_spawn(ex, run_guarded(this, std::move(j)), std::move(handler));
+          } else {
+            auto ex = background_executor();
+            asio::co_spawn(ex, run_guarded(this, std::move(j)), std::move(handler));
+          }
+        },
+        token, std::move(j));
+  }
+
+  detail::worker_set workers_;
+  asio::io_context io_{1};
+  std::atomic<bool> busy_{false};
+  std::uint64_t job_counter_ = 0;
+  std::mutex background_mutex_;
+  asio::io_context background_{1};
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> background_guard_;
+  std::thread background_thread_;
+};
+
+}  // namespace coshard
