@@ -2,6 +2,8 @@
 // asio::io_context, that maps functions over input ranges.
 #pragma once
 
+#include "coshard/detail/asio_config.hpp"
+
 #include <asio/any_io_executor.hpp>
 #include <asio/async_result.hpp>
 #include <asio/co_spawn.hpp>
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "coshard/detail/collectors.hpp"
+#include "coshard/detail/input_source.hpp"
 #include "coshard/detail/job.hpp"
 #include "coshard/detail/worker_set.hpp"
 #include "coshard/errors.hpp"
@@ -68,6 +71,8 @@ struct is_io_executor<asio::strand<E>> : is_io_executor<E> {};
 
 template <class Range>
 using input_of = std::ranges::range_value_t<Range>;
+template <class Source>
+using source_input_of = std::ranges::range_value_t<typename Source::range_type&>;
 
 }  // namespace detail
 
@@ -120,14 +125,14 @@ class process_pool {
   /// remaining batches are not started), pool_error if a worker is lost.
   template <std::ranges::input_range Range, class F>
   [[nodiscard]] auto map(Range&& inputs, F fn) {
-    return run_blocking(make_map_job(std::views::all(std::forward<Range>(inputs)), fn, detail::no_shared{}));
+    return run_blocking(make_map_job(detail::make_input_source(std::forward<Range>(inputs)), fn, detail::no_shared{}));
   }
 
   /// As map(inputs, fn), calling `fn(shared, item)`; `shared` is sent to each
   /// worker once per job, not once per item.
   template <std::ranges::input_range Range, class F, class S>
   [[nodiscard]] auto map(Range&& inputs, F fn, const S& shared) {
-    return run_blocking(make_map_job(std::views::all(std::forward<Range>(inputs)), fn, shared));
+    return run_blocking(make_map_job(detail::make_input_source(std::forward<Range>(inputs)), fn, shared));
   }
 
   /// Applies `fn` to every input and folds the results with `reduce`, first
@@ -138,14 +143,14 @@ class process_pool {
   /// shippable like `fn`. Errors as for map.
   template <std::ranges::input_range Range, class F, class Reduce, class Acc>
   [[nodiscard]] Acc map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init) {
-    return run_blocking(make_reduce_job(std::views::all(std::forward<Range>(inputs)), fn, reduce,
+    return run_blocking(make_reduce_job(detail::make_input_source(std::forward<Range>(inputs)), fn, reduce,
                                         std::move(init), detail::no_shared{}));
   }
 
   /// map_reduce with a broadcast `shared` value, passed as fn(shared, item).
   template <std::ranges::input_range Range, class F, class Reduce, class Acc, class S>
   [[nodiscard]] Acc map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, const S& shared) {
-    return run_blocking(make_reduce_job(std::views::all(std::forward<Range>(inputs)), fn, reduce,
+    return run_blocking(make_reduce_job(detail::make_input_source(std::forward<Range>(inputs)), fn, reduce,
                                         std::move(init), shared));
   }
 
@@ -164,7 +169,7 @@ class process_pool {
   /// delivered. An exception from `sink` stops the job and is rethrown.
   template <std::ranges::input_range Range, class F, class Sink>
   std::size_t for_each_result(Range&& inputs, F fn, Sink sink) {
-    return run_blocking(make_sink_job(std::views::all(std::forward<Range>(inputs)), fn, std::move(sink)));
+    return run_blocking(make_sink_job(detail::make_input_source(std::forward<Range>(inputs)), fn, std::move(sink)));
   }
 
   /// Asynchronous map. Completion signature:
@@ -176,21 +181,21 @@ class process_pool {
   /// exception_ptr.
   template <std::ranges::input_range Range, class F, class CompletionToken>
   auto async_map(Range&& inputs, F fn, CompletionToken&& token) {
-    auto j = make_map_job(std::views::all(std::forward<Range>(inputs)), fn, detail::no_shared{});
+    auto j = make_map_job(detail::make_input_source(std::forward<Range>(inputs)), fn, detail::no_shared{});
     return launch(std::move(j), std::forward<CompletionToken>(token));
   }
 
   /// Asynchronous map with a shared value; see async_map.
   template <std::ranges::input_range Range, class F, class S, class CompletionToken>
   auto async_map(Range&& inputs, F fn, const S& shared, CompletionToken&& token) {
-    auto j = make_map_job(std::views::all(std::forward<Range>(inputs)), fn, shared);
+    auto j = make_map_job(detail::make_input_source(std::forward<Range>(inputs)), fn, shared);
     return launch(std::move(j), std::forward<CompletionToken>(token));
   }
 
   /// Asynchronous map_reduce; completion signature `void(std::exception_ptr, Acc)`.
   template <std::ranges::input_range Range, class F, class Reduce, class Acc, class CompletionToken>
   auto async_map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, CompletionToken&& token) {
-    auto j = make_reduce_job(std::views::all(std::forward<Range>(inputs)), fn, reduce, std::move(init),
+    auto j = make_reduce_job(detail::make_input_source(std::forward<Range>(inputs)), fn, reduce, std::move(init),
                              detail::no_shared{});
     return launch(std::move(j), std::forward<CompletionToken>(token));
   }
@@ -199,7 +204,7 @@ class process_pool {
   /// Completion signature `void(std::exception_ptr, std::size_t)`.
   template <std::ranges::input_range Range, class F, class Sink, class CompletionToken>
   auto async_for_each_result(Range&& inputs, F fn, Sink sink, CompletionToken&& token) {
-    auto j = make_sink_job(std::views::all(std::forward<Range>(inputs)), fn, std::move(sink));
+    auto j = make_sink_job(detail::make_input_source(std::forward<Range>(inputs)), fn, std::move(sink));
     return launch(std::move(j), std::forward<CompletionToken>(token));
   }
 
@@ -216,7 +221,7 @@ class process_pool {
 
   template <class View, class F, class S>
   auto make_map_job(View view, const F& fn, const S& shared) {
-    using T = detail::input_of<View>;
+    using T = detail::source_input_of<View>;
     static_assert(detail::check_task<F, S, T>());
     using spec = detail::job_spec<F, T, S, detail::no_reduce, detail::no_reduce>;
     using R = typename spec::result_type;
@@ -229,7 +234,7 @@ class process_pool {
 
   template <class View, class F, class Reduce, class Acc, class S>
   auto make_reduce_job(View view, const F& fn, const Reduce& reduce, Acc init, const S& shared) {
-    using T = detail::input_of<View>;
+    using T = detail::source_input_of<View>;
     static_assert(detail::check_task<F, S, T>());
     static_assert(std::is_class_v<Reduce> && std::is_trivially_copyable_v<Reduce>,
                   "coshard: the reducer runs in the workers too, so it must be an empty or "
@@ -250,7 +255,7 @@ class process_pool {
 
   template <class View, class F, class Sink>
   auto make_sink_job(View view, const F& fn, Sink sink) {
-    using T = detail::input_of<View>;
+    using T = detail::source_input_of<View>;
     static_assert(detail::check_task<F, detail::no_shared, T>());
     using spec = detail::job_spec<F, T, detail::no_shared, detail::no_reduce, detail::no_reduce>;
     using R = typename spec::result_type;

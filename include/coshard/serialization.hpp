@@ -50,6 +50,7 @@ concept bitwise_serializable = std::is_trivially_copyable_v<T> && std::is_object
 /// Types cereal can write and read with coshard's binary archives.
 template <class T>
 concept cereal_serializable =
+    !std::is_pointer_v<T> &&  // cereal claims raw pointers, then static_asserts inside
     cereal::traits::is_output_serializable<T, detail::output_archive>::value &&
     cereal::traits::is_input_serializable<T, detail::input_archive>::value &&
     std::is_default_constructible_v<T>;

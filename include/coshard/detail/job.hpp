@@ -2,6 +2,8 @@
 // input as workers ask for them, track what each worker holds, collect replies.
 #pragma once
 
+#include "coshard/detail/asio_config.hpp"
+
 #include <asio/co_spawn.hpp>
 #include <asio/local/stream_protocol.hpp>
 #include <asio/read.hpp>
@@ -101,8 +103,8 @@ class batch_sizer {
 template <class Spec, class View, class Collector>
 class job {
   using T = typename Spec::input_type;
-  using iterator = std::ranges::iterator_t<View>;
-  using sentinel = std::ranges::sentinel_t<View>;
+  using range = typename View::range_type;
+  using iterator = std::ranges::iterator_t<range&>;
   using socket = asio::local::stream_protocol::socket;
   static constexpr std::uint64_t job_start_batch = ~std::uint64_t{0};
 
@@ -117,13 +119,14 @@ class job {
         inputs_(std::move(inputs)),
         job_start_(std::move(job_start)),
         collector_(std::move(collector)),
-        sizer_(opts_, workers.slots().size(), Spec::traits::is_awaitable) {}
+        sizer_(opts_, workers.slots().size(), Spec::traits::is_awaitable),
+        max_held_(held_limit(opts_)) {}
 
   asio::awaitable<typename Collector::value_type> run() {
     auto ex = co_await asio::this_coro::executor;
-    it_.emplace(std::ranges::begin(inputs_));
-    if constexpr (std::ranges::sized_range<View>) {
-      total_ = static_cast<std::size_t>(std::ranges::size(inputs_));
+    it_.emplace(std::ranges::begin(inputs_.get()));
+    if constexpr (std::ranges::sized_range<range>) {
+      total_ = static_cast<std::size_t>(std::ranges::size(inputs_.get()));
       collector_.reserve(*total_);
     }
     asio::steady_timer all_done(ex, asio::steady_timer::time_point::max());
@@ -142,6 +145,15 @@ class job {
   }
 
  private:
+  // Awaitable items overlap only if the worker holds at least `concurrency`
+  // of them; a small fixed batch size is made up for with more batches.
+  static std::size_t held_limit(const pool_options& o) {
+    std::size_t k = o.batches_in_flight;
+    if (Spec::traits::is_awaitable && o.batch_size)
+      k = std::max(k, (o.concurrency + o.batch_size - 1) / o.batch_size);
+    return k;
+  }
+
   // A pool-level failure wins over task errors; the first one is kept.
   void fail(std::exception_ptr e) {
     if (!failure_) failure_ = e;
@@ -157,10 +169,9 @@ class job {
     rec.payload = take_spare();
     rec.first = next_index_;
     auto& it = *it_;
-    const auto end = std::ranges::end(inputs_);
+    const auto end = std::ranges::end(inputs_.get());
     std::size_t count = 0;
-    if constexpr (std::ranges::contiguous_range<View> && bitwise_serializable<T> &&
-                  std::same_as<std::ranges::range_value_t<View>, T>) {
+    if constexpr (std::ranges::contiguous_range<range> && bitwise_serializable<T>) {
       const auto left = static_cast<std::size_t>(end - it);
       count = std::min({target, left, std::max<std::size_t>(1, opts_.max_batch_bytes / sizeof(T))});
       rec.payload.append(std::to_address(it), count * sizeof(T));
@@ -234,7 +245,7 @@ class job {
       start.payload_size = job_start_.size();
       co_await write_frame(sock, start, job_start_.view());
       for (;;) {
-        while (held.size() < opts_.batches_in_flight) {
+        while (held.size() < max_held_) {
           std::optional<batch_record> rec;
           try {
             rec = cut_batch(slot);
@@ -345,6 +356,7 @@ class job {
   byte_buffer job_start_;
   Collector collector_;
   batch_sizer sizer_;
+  std::size_t max_held_;
   std::optional<iterator> it_;
   std::optional<std::size_t> total_;
   std::size_t next_index_ = 0;

@@ -2,6 +2,8 @@
 // its items (inline, or as up to `concurrency` coroutines), reply once.
 #pragma once
 
+#include "coshard/detail/asio_config.hpp"
+
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
 #include <asio/io_context.hpp>
@@ -189,14 +191,15 @@ class task_runner final : public job_runner {
     }
     for (std::uint32_t i = 0; i < h.count; ++i) pending_.emplace_back(b, i);
     auto self = std::static_pointer_cast<task_runner>(shared_from_this());
-    while (lanes_ < ctx_.concurrency() && lanes_ < pending_.size()) {
+    // Running lanes are busy with an item each; new ones serve the new items.
+    for (std::uint32_t i = 0; i < h.count && lanes_ < ctx_.concurrency(); ++i) {
       ++lanes_;
       asio::co_spawn(ctx_.io(), self->lane(self), asio::detached);
     }
   }
 
-  // `self` keeps the runner alive while a lane still holds an item.
-  asio::awaitable<void> lane(std::shared_ptr<task_runner> self) {
+  // The (unnamed) pointer parameter keeps the runner alive while a lane runs.
+  asio::awaitable<void> lane(std::shared_ptr<task_runner>) {
     while (!pending_.empty()) {
       auto [b, i] = std::move(pending_.front());
       pending_.pop_front();

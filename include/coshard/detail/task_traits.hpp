@@ -1,6 +1,8 @@
 // coshard/detail/task_traits.hpp - what kind of callable a task is and what it yields.
 #pragma once
 
+#include "coshard/detail/asio_config.hpp"
+
 #include <asio/awaitable.hpp>
 
 #include <functional>

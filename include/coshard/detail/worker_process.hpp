@@ -2,6 +2,8 @@
 // until its channel to the parent closes.
 #pragma once
 
+#include "coshard/detail/asio_config.hpp"
+
 #include <asio/co_spawn.hpp>
 #include <asio/io_context.hpp>
 #include <asio/local/stream_protocol.hpp>

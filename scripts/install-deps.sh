@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages coshard needs to build, test and benchmark,
+# skipping those already installed. Runs apt-get update only when a package
+# has no install candidate (e.g. on a fresh image with empty package lists).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+packages=(
+  build-essential
+  g++
+  cmake
+  libasio-dev
+  libcereal-dev
+  catch2
+  libbenchmark-dev
+  clang-14
+  libclang-rt-14-dev   # sanitizer/fuzzer runtimes for clang
+)
+
+is_installed() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+missing=()
+for p in "${packages[@]}"; do
+  is_installed "$p" || missing+=("$p")
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "install-deps: all packages already installed"
+  exit 0
+fi
+
+if [[ $(id -u) -eq 0 ]]; then
+  sudo=()
+elif command -v sudo >/dev/null 2>&1; then
+  sudo=(sudo)
+else
+  echo "install-deps: missing packages (${missing[*]}); run as root or install sudo" >&2
+  exit 1
+fi
+
+apt_get() {
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "$@"
+}
+
+has_candidate() {
+  local cand
+  cand=$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }')
+  [[ -n $cand && $cand != "(none)" ]]
+}
+
+updated=0
+for p in "${missing[@]}"; do
+  if ! has_candidate "$p"; then
+    echo "install-deps: no install candidate for $p; running apt-get update"
+    apt_get update
+    updated=1
+    break
+  fi
+done
+
+echo "install-deps: installing ${missing[*]}"
+if ! apt_get install -y --no-install-recommends "${missing[@]}"; then
+  if [[ $updated -eq 1 ]]; then
+    exit 1
+  fi
+  # Stale package lists (e.g. 404 on a superseded version): refresh once, retry.
+  echo "install-deps: install failed; running apt-get update and retrying"
+  apt_get update
+  apt_get install -y --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,123 @@
+# Drives a package test: builds and runs tests/package/consumer against coshard.
+#
+#   cmake -DMODE=install|subdirectory -DCOSHARD_SOURCE_DIR=... -DCOSHARD_BUILD_DIR=...
+#         -DCONSUMER_SOURCE_DIR=... -DSCRATCH_DIR=... -DCXX_COMPILER=...
+#         [-DCXX_FLAGS=...] [-DGENERATOR=...] [-DMAKE_PROGRAM=...]
+#         [-DBUILD_TYPE=...] [-DCONFIG=...] -P run_consumer.cmake
+#
+# MODE=install:      cmake --install <COSHARD_BUILD_DIR> --prefix <SCRATCH_DIR>/prefix,
+#                    then configure the consumer with CMAKE_PREFIX_PATH=<prefix>
+#                    (find_package(coshard)).
+# MODE=subdirectory: configure the consumer with COSHARD_SOURCE_DIR=<source>
+#                    (add_subdirectory(coshard)).
+# Then build the consumer and run it; any failing step is a FATAL_ERROR that
+# carries the step's output.
+cmake_minimum_required(VERSION 3.25)
+
+foreach(var IN ITEMS MODE COSHARD_SOURCE_DIR COSHARD_BUILD_DIR CONSUMER_SOURCE_DIR
+                     SCRATCH_DIR CXX_COMPILER)
+  if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
+    message(FATAL_ERROR "run_consumer.cmake: -D${var}=... is required")
+  endif()
+endforeach()
+if(NOT MODE MATCHES "^(install|subdirectory)$")
+  message(FATAL_ERROR "run_consumer.cmake: MODE must be install or subdirectory, got '${MODE}'")
+endif()
+
+set(prefix "${SCRATCH_DIR}/prefix")
+set(build  "${SCRATCH_DIR}/build")
+
+# run_step(<description> <command...>): run, fail with the output on error.
+function(run_step what)
+  list(JOIN ARGN " " cmdline)
+  message(STATUS "[${MODE}] ${what}: ${cmdline}")
+  execute_process(
+    COMMAND ${ARGN}
+    RESULT_VARIABLE rc
+    OUTPUT_VARIABLE out
+    ERROR_VARIABLE out
+    TIMEOUT ${step_timeout})
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR
+      "[${MODE}] ${what} failed (${rc}).\n"
+      "Command: ${cmdline}\n"
+      "Output:\n${out}")
+  endif()
+  message(STATUS "[${MODE}] ${what}: ok")
+endfunction()
+
+set(step_timeout 540)
+
+# Fresh scratch tree every run.
+file(REMOVE_RECURSE "${SCRATCH_DIR}")
+file(MAKE_DIRECTORY "${SCRATCH_DIR}")
+
+set(config_args)
+set(build_args)
+if(CONFIG)
+  list(APPEND config_args --config "${CONFIG}")
+  list(APPEND build_args  --config "${CONFIG}")
+endif()
+
+set(configure_args
+  -S "${CONSUMER_SOURCE_DIR}"
+  -B "${build}"
+  "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}"
+  "-DCMAKE_CXX_FLAGS=${CXX_FLAGS}")
+if(GENERATOR)
+  list(APPEND configure_args -G "${GENERATOR}")
+endif()
+if(MAKE_PROGRAM)
+  list(APPEND configure_args "-DCMAKE_MAKE_PROGRAM=${MAKE_PROGRAM}")
+endif()
+if(BUILD_TYPE)
+  list(APPEND configure_args "-DCMAKE_BUILD_TYPE=${BUILD_TYPE}")
+elseif(CONFIG)
+  list(APPEND configure_args "-DCMAKE_BUILD_TYPE=${CONFIG}")
+endif()
+
+if(MODE STREQUAL "install")
+  run_step("install coshard into ${prefix}"
+    "${CMAKE_COMMAND}" --install "${COSHARD_BUILD_DIR}" --prefix "${prefix}" ${config_args})
+  list(APPEND configure_args
+    "-DCMAKE_PREFIX_PATH=${prefix}"
+    # Only the scratch install may satisfy find_package(coshard).
+    -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
+    -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF)
+else()
+  list(APPEND configure_args "-DCOSHARD_SOURCE_DIR=${COSHARD_SOURCE_DIR}")
+endif()
+
+run_step("configure consumer" "${CMAKE_COMMAND}" ${configure_args})
+
+# Check that the intended consumption mode was really used.
+file(STRINGS "${build}/CMakeCache.txt" coshard_dir_line REGEX "^coshard_DIR:")
+if(MODE STREQUAL "install")
+  string(REGEX REPLACE "^coshard_DIR:[A-Z]+=" "" coshard_dir "${coshard_dir_line}")
+  file(REAL_PATH "${prefix}" real_prefix)
+  if(EXISTS "${coshard_dir}")
+    file(REAL_PATH "${coshard_dir}" coshard_dir)
+  endif()
+  string(FIND "${coshard_dir}" "${real_prefix}/" pos)
+  if(NOT pos EQUAL 0)
+    message(FATAL_ERROR
+      "[install] find_package(coshard) used '${coshard_dir}', not the scratch install in '${real_prefix}'")
+  endif()
+else()
+  # Not top level: coshard must not have added its own tests/examples/benchmarks.
+  foreach(sub IN ITEMS tests examples benchmarks)
+    if(EXISTS "${build}/coshard-build/${sub}")
+      message(FATAL_ERROR
+        "[subdirectory] coshard configured its ${sub} although it is not the top-level project")
+    endif()
+  endforeach()
+endif()
+
+run_step("build consumer" "${CMAKE_COMMAND}" --build "${build}" -j2 ${build_args})
+
+set(exe "${build}/bin/consumer${CMAKE_EXECUTABLE_SUFFIX}")
+if(NOT EXISTS "${exe}")
+  message(FATAL_ERROR "[${MODE}] consumer binary not found at ${exe}")
+endif()
+set(step_timeout 120)
+run_step("run consumer" "${exe}")

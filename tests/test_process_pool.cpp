@@ -1,0 +1,481 @@
+// Tests of coshard/process_pool.hpp: results, ordering, sizes, types,
+// concurrency inside workers, shared values, reductions, errors, async
+// completion tokens, and clean teardown.
+#include "coshard/process_pool.hpp"
+
+#include <asio/bind_executor.hpp>
+#include <asio/experimental/deferred.hpp>
+#include <asio/detached.hpp>
+#include <asio/experimental/parallel_group.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/use_future.hpp>
+#include <catch2/catch.hpp>
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <future>
+#include <map>
+#include <numeric>
+#include <ranges>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+
+#include "test_support.hpp"
+
+using namespace std::chrono_literals;
+using coshard_test::child_pids;
+
+namespace {
+
+struct point {
+  std::string name;
+  std::vector<double> coords;
+  std::map<std::string, int> tags;
+  bool operator==(const point&) const = default;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(name, coords, tags);
+  }
+};
+
+// Ends every test the same way: the pool is gone, so are its children and fds.
+template <class Body>
+void with_pool(coshard::pool_options opts, Body body) {
+  coshard_test::fd_baseline fds;
+  {
+    coshard::process_pool pool{opts};
+    REQUIRE(child_pids().size() == pool.size());
+    body(pool);
+  }
+  CHECK(child_pids().empty());
+  CHECK(fds.leaked() == 0);
+}
+
+int encodes = 0;
+// Counts how often the parent encodes it.
+struct dictionary {
+  std::vector<std::string> words;
+  template <class Archive>
+  void save(Archive& ar) const {
+    ++encodes;
+    ar(words);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(words);
+  }
+};
+
+std::vector<long> iota_vector(long n) {
+  std::vector<long> v(static_cast<std::size_t>(n));
+  std::iota(v.begin(), v.end(), 0L);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("map returns results in input order for plain and awaitable functions") {
+  with_pool({.workers = 3, .concurrency = 16}, [](coshard::process_pool& pool) {
+    auto in = iota_vector(5000);
+    auto sq = pool.map(in, [](long x) { return x * x; });
+    REQUIRE(sq.size() == in.size());
+    for (std::size_t i = 0; i < in.size(); ++i) REQUIRE(sq[i] == in[i] * in[i]);
+
+    // Later items finish first inside a batch; order must still be by input.
+    auto delayed = pool.map(iota_vector(300), [](long x) -> asio::awaitable<long> {
+      asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::microseconds(3000 - 10 * x));
+      co_await t.async_wait(asio::use_awaitable);
+      co_return x + 1;
+    });
+    REQUIRE(delayed.size() == 300);
+    for (long i = 0; i < 300; ++i) REQUIRE(delayed[static_cast<std::size_t>(i)] == i + 1);
+  });
+}
+
+TEST_CASE("empty input and a single item") {
+  with_pool({.workers = 2}, [](coshard::process_pool& pool) {
+    std::vector<int> none;
+    CHECK(pool.map(none, [](int x) { return x; }).empty());
+    CHECK(pool.map_reduce(none, [](int x) { return x; }, std::plus<>{}, 7) == 7);
+    std::vector<int> one{41};
+    CHECK(pool.map(one, [](int x) { return x + 1; }) == std::vector<int>{42});
+    CHECK(pool.map_reduce(one, [](int x) { return x + 1; }, std::plus<>{}, 0) == 42);
+  });
+}
+
+TEST_CASE("a million small items match the sequential result") {
+  with_pool({.workers = 2}, [](coshard::process_pool& pool) {
+    auto in = iota_vector(1'000'000);
+    auto out = pool.map(in, [](long x) { return x * 3 - 1; });
+    REQUIRE(out.size() == in.size());
+    bool all = true;
+    for (std::size_t i = 0; i < in.size(); ++i) all = all && out[i] == in[i] * 3 - 1;
+    CHECK(all);
+  });
+}
+
+TEST_CASE("10 MB items cross in both directions") {
+  with_pool({.workers = 2}, [](coshard::process_pool& pool) {
+    std::vector<std::string> big;
+    for (char c : {'a', 'b', 'c', 'd'}) big.push_back(std::string(10 << 20, c));
+    auto lens = pool.map(big, [](const std::string& s) {
+      return static_cast<std::size_t>(std::count(s.begin(), s.end(), s[0]));
+    });
+    CHECK(lens == std::vector<std::size_t>(4, std::size_t{10} << 20));
+    std::vector<int> sizes{10 << 20, 1, 10 << 20};
+    auto made = pool.map(sizes, [](int n) { return std::vector<char>(static_cast<std::size_t>(n), 'z'); });
+    REQUIRE(made.size() == 3);
+    CHECK(made[0].size() == (10u << 20));
+    CHECK(made[1] == std::vector<char>{'z'});
+    CHECK(std::all_of(made[2].begin(), made[2].end(), [](char c) { return c == 'z'; }));
+  });
+}
+
+TEST_CASE("strings, maps and user structs cross intact") {
+  with_pool({.workers = 2}, [](coshard::process_pool& pool) {
+    std::vector<point> pts;
+    for (int i = 0; i < 500; ++i)
+      pts.push_back({"p" + std::to_string(i), {i * 0.5, -i * 1.0}, {{"i", i}, {"sq", i * i}}});
+    auto moved = pool.map(pts, [](point p) {
+      p.name += "!";
+      p.coords.push_back(1.0);
+      p.tags["seen"] = 1;
+      return p;
+    });
+    REQUIRE(moved.size() == pts.size());
+    for (std::size_t i = 0; i < pts.size(); ++i) {
+      auto want = pts[i];
+      want.name += "!";
+      want.coords.push_back(1.0);
+      want.tags["seen"] = 1;
+      REQUIRE(moved[i] == want);
+    }
+    std::vector<std::map<std::string, int>> maps{{{"a", 1}}, {}, {{"b", 2}, {"c", 3}}};
+    auto sums = pool.map(maps, [](const std::map<std::string, int>& m) {
+      int s = 0;
+      for (auto& [k, v] : m) s += v + static_cast<int>(k.size());
+      return s;
+    });
+    CHECK(sums == std::vector<int>{2, 0, 7});
+  });
+}
+
+TEST_CASE("awaitable items overlap up to `concurrency` per worker, never more") {
+  struct span_ns {
+    pid_t pid;
+    std::int64_t start, end;
+  };
+  with_pool({.workers = 2, .concurrency = 64}, [](coshard::process_pool& pool) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto spans = pool.map(std::views::iota(0, 2000), [](int) -> asio::awaitable<span_ns> {
+      auto now = [] { return std::chrono::steady_clock::now().time_since_epoch().count(); };
+      const auto start = now();
+      asio::steady_timer t(co_await asio::this_coro::executor, 20ms);
+      co_await t.async_wait(asio::use_awaitable);
+      co_return span_ns{::getpid(), start, now()};
+    });
+    const auto elapsed = std::chrono::steady_clock::now() - t0;
+    REQUIRE(spans.size() == 2000);
+    // Peak number of items running at once inside each worker.
+    std::map<pid_t, std::vector<std::pair<std::int64_t, int>>> events;
+    for (auto& s : spans) {
+      events[s.pid].push_back({s.start, +1});
+      events[s.pid].push_back({s.end, -1});
+    }
+    for (auto& [pid, ev] : events) {
+      std::sort(ev.begin(), ev.end());  // an end sorts before a start at the same instant
+      int running = 0, peak = 0;
+      for (auto& [t, d] : ev) peak = std::max(peak, running += d);
+      INFO("worker " << pid);
+      CHECK(peak <= 64);
+      CHECK(peak >= 48);
+    }
+    // Sequentially per worker this would take 2000 * 20 ms / 2 = 20 s; the
+    // ideal is 2000 / (2 * 64) * 20 ms = 0.31 s.
+    WARN("2000 x 20 ms timers, 2 workers x 64: "
+         << std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count() << " ms");
+  });
+}
+
+TEST_CASE("the shared value is encoded once per job and reaches every item") {
+  with_pool({.workers = 2, .batch_size = 10}, [](coshard::process_pool& pool) {
+    dictionary dict{{"zero", "one", "two", "three"}};
+    encodes = 0;
+    auto out = pool.map(iota_vector(1000), [](const dictionary& d, long i) {
+      return d.words[static_cast<std::size_t>(i) % d.words.size()];
+    }, dict);
+    CHECK(encodes == 1);
+    REQUIRE(out.size() == 1000);
+    for (std::size_t i = 0; i < out.size(); ++i) REQUIRE(out[i] == dict.words[i % 4]);
+    const long total = pool.map_reduce(iota_vector(100), [](const dictionary& d, long i) {
+      return static_cast<long>(d.words.size()) * i;
+    }, std::plus<>{}, 0L, dict);
+    CHECK(total == 4 * 4950);
+  });
+}
+
+TEST_CASE("map_reduce and the keyed reduce equal a sequential fold") {
+  with_pool({.workers = 3}, [](coshard::process_pool& pool) {
+    auto in = iota_vector(200'000);
+    const long want = std::accumulate(in.begin(), in.end(), 0L, [](long a, long x) { return a + x % 97; });
+    CHECK(pool.map_reduce(in, [](long x) { return x % 97; }, std::plus<>{}, 0L) == want);
+    const double prod = pool.map_reduce(std::views::iota(1, 21), [](int x) { return 1.0 + 1.0 / x; },
+                                        std::multiplies<>{}, 1.0);
+    CHECK(prod == Approx(21.0));  // telescoping product of (x+1)/x
+
+    std::vector<std::string> lines;
+    std::unordered_map<std::string, long> expected;
+    const char* vocab[] = {"aardvark", "bee", "cat", "dog", "eel"};
+    for (int i = 0; i < 3000; ++i) {
+      std::string line;
+      for (int j = 0; j <= i % 7; ++j) {
+        std::string w = vocab[(i * 7 + j * 3) % 5];
+        line += w + " ";
+        ++expected[w];
+      }
+      lines.push_back(line);
+    }
+    auto counts = pool.map_reduce_by_key(lines, [](const std::string& line) {
+      std::unordered_map<std::string, long> m;
+      std::istringstream words(line);
+      for (std::string w; words >> w;) ++m[w];
+      return m;
+    });
+    CHECK(counts == expected);
+  });
+}
+
+TEST_CASE("a task's exception arrives as task_error with its fields; the pool stays usable") {
+  with_pool({.workers = 2, .batch_size = 50}, [](coshard::process_pool& pool) {
+    auto in = iota_vector(1000);
+    try {
+      (void)pool.map(in, [](long x) {
+        if (x == 617) throw std::out_of_range("no room for " + std::to_string(x));
+        return x;
+      });
+      FAIL("no exception");
+    } catch (const coshard::task_error& e) {
+      CHECK(e.type_name() == "std::out_of_range");
+      CHECK(e.message() == "no room for 617");
+      CHECK(e.index() == 617);
+      auto pids = pool.worker_pids();
+      CHECK(std::find(pids.begin(), pids.end(), e.worker_pid()) != pids.end());
+      CHECK(std::string(e.what()).find("617") != std::string::npos);
+    }
+    try {
+      (void)pool.map_reduce(in, [](long x) -> asio::awaitable<long> {
+        if (x % 300 == 299) throw 42;
+        co_return x;
+      }, std::plus<>{}, 0L);
+      FAIL("no exception");
+    } catch (const coshard::task_error& e) {
+      CHECK(e.type_name() == "int");
+      CHECK(e.message().empty());
+      CHECK(e.index() % 300 == 299);
+    }
+    // Still usable, with the same workers.
+    CHECK(pool.map_reduce(in, [](long x) { return x; }, std::plus<>{}, 0L) == 999 * 1000 / 2);
+  });
+}
+
+TEST_CASE("any worker count from 1 to 4 gives the same answer") {
+  const auto workers = GENERATE(1, 2, 3, 4);
+  with_pool({.workers = static_cast<std::size_t>(workers)}, [&](coshard::process_pool& pool) {
+    CHECK(pool.size() == static_cast<std::size_t>(workers));
+    auto out = pool.map(std::views::iota(0, 20'000), [](int x) { return x % 13; });
+    long sum = std::accumulate(out.begin(), out.end(), 0L);
+    long want = 0;
+    for (int x = 0; x < 20'000; ++x) want += x % 13;
+    CHECK(sum == want);
+    // Every worker took part in a long enough job.
+    auto pids = pool.map(std::views::iota(0, 400), [](int) -> asio::awaitable<pid_t> {
+      asio::steady_timer t(co_await asio::this_coro::executor, 2ms);
+      co_await t.async_wait(asio::use_awaitable);
+      co_return ::getpid();
+    });
+    std::sort(pids.begin(), pids.end());
+    CHECK(static_cast<int>(std::unique(pids.begin(), pids.end()) - pids.begin()) == workers);
+  });
+}
+
+TEST_CASE("one pool runs many jobs in a row") {
+  with_pool({.workers = 2}, [](coshard::process_pool& pool) {
+    const auto pids = pool.worker_pids();
+    for (int job = 0; job < 300; ++job) {
+      std::vector<int> in(static_cast<std::size_t>(job % 17));
+      std::iota(in.begin(), in.end(), job);
+      auto out = pool.map(in, [](int x) { return x * 2; });
+      REQUIRE(out.size() == in.size());
+      for (std::size_t i = 0; i < in.size(); ++i) REQUIRE(out[i] == in[i] * 2);
+    }
+    CHECK(pool.worker_pids() == pids);
+  });
+}
+
+TEST_CASE("fixed batch sizes, captured values and same-looking lambdas") {
+  const auto batch = GENERATE(std::size_t{1}, std::size_t{7}, std::size_t{4096});
+  with_pool({.workers = 2, .batch_size = batch}, [](coshard::process_pool& pool) {
+    const long k = 5;
+    auto a = pool.map(iota_vector(999), [k](long x) { return x * k; });
+    // g++ prints both closures as main()::<lambda(long)>: ids must still differ.
+    auto b = pool.map(iota_vector(999), [](long x) { return x + 1; });
+    auto c = pool.map(iota_vector(999), [](long x) { return x - 1; });
+    for (long i = 0; i < 999; ++i) {
+      REQUIRE(a[static_cast<std::size_t>(i)] == i * 5);
+      REQUIRE(b[static_cast<std::size_t>(i)] == i + 1);
+      REQUIRE(c[static_cast<std::size_t>(i)] == i - 1);
+    }
+  });
+}
+
+TEST_CASE("lazy inputs are pulled in bounded memory") {
+  with_pool({.workers = 2}, [](coshard::process_pool& pool) {
+    const long before = coshard_test::rss_bytes();
+    auto lazy = std::views::iota(std::int64_t{0}, std::int64_t{30'000'000}) |
+                std::views::transform([](std::int64_t x) { return x ^ 0x5555; });
+    const auto sum = pool.map_reduce(lazy, [](std::int64_t x) { return x & 0xff; }, std::plus<>{},
+                                     std::int64_t{0});
+    std::int64_t want = 0;
+    for (std::int64_t x = 0; x < 30'000'000; ++x) want += (x ^ 0x5555) & 0xff;
+    CHECK(sum == want);
+    // 30 million items are 240 MB if materialised; the pool keeps a few batches.
+    CHECK(coshard_test::rss_bytes() - before < 64L << 20);
+  });
+}
+
+TEST_CASE("for_each_result delivers every result once, as batches complete") {
+  with_pool({.workers = 2, .concurrency = 8, .batch_size = 1}, [](coshard::process_pool& pool) {
+    std::vector<std::size_t> order;
+    std::vector<int> seen(40, 0);
+    const std::size_t delivered = pool.for_each_result(
+        std::views::iota(0, 40),
+        [](int x) -> asio::awaitable<int> {
+          asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(2 * (40 - x)));
+          co_await t.async_wait(asio::use_awaitable);
+          co_return x * 10;
+        },
+        [&](std::size_t index, int value) {
+          CHECK(value == static_cast<int>(index) * 10);
+          ++seen[index];
+          order.push_back(index);
+        });
+    CHECK(delivered == 40);
+    CHECK(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
+    // The slowest items (low indices) were sent first but arrive late.
+    CHECK(!std::is_sorted(order.begin(), order.end()));
+    CHECK(std::find(order.begin(), order.end(), 0u) - order.begin() > 10);
+  });
+}
+
+TEST_CASE("async_map completes through any completion token") {
+  with_pool({.workers = 2}, [](coshard::process_pool& pool) {
+    auto in = iota_vector(10'000);
+    auto square = [](long x) { return x * x; };
+    long want = 0;
+    for (long x : in) want += x * x;
+    auto total = [](const std::vector<long>& v) { return std::accumulate(v.begin(), v.end(), 0L); };
+
+    SECTION("use_awaitable on the caller's io_context") {
+      asio::io_context io;
+      long got = 0;
+      bool ticked = false;
+      asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+        auto v = co_await pool.async_map(in, square, asio::use_awaitable);
+        got = total(v);
+        got += co_await pool.async_map_reduce(in, square, std::plus<>{}, 0L, asio::use_awaitable) - want;
+      }, asio::detached);
+      // The caller's loop stays free for other work while the job runs.
+      asio::steady_timer tick(io, 1ms);
+      tick.async_wait([&](asio::error_code) { ticked = true; });
+      io.run();
+      CHECK(got == want);
+      CHECK(ticked);
+    }
+    SECTION("use_future") {
+      auto fut = pool.async_map(in, square, asio::use_future);
+      CHECK(total(fut.get()) == want);
+    }
+    SECTION("a callback") {
+      std::promise<long> p;
+      pool.async_map_reduce(in, square, std::plus<>{}, 0L, [&](std::exception_ptr e, long v) {
+        if (e) p.set_exception(e); else p.set_value(v);
+      });
+      CHECK(p.get_future().get() == want);
+    }
+    SECTION("deferred, and errors in the exception_ptr") {
+      asio::io_context io;
+      auto op = pool.async_map(std::vector<int>{1, 2, 3}, [](int x) {
+        if (x == 2) throw std::invalid_argument("two");
+        return x;
+      }, asio::experimental::deferred);
+      std::exception_ptr error;
+      std::move(op)(asio::bind_executor(io, [&](std::exception_ptr e, std::vector<int>) { error = e; }));
+      io.run();
+      REQUIRE(error);
+      CHECK_THROWS_AS(std::rethrow_exception(error), coshard::task_error);
+    }
+  });
+}
+
+TEST_CASE("a second job while one runs is refused clearly") {
+  with_pool({.workers = 1}, [](coshard::process_pool& pool) {
+    asio::io_context io;
+    std::string refused;
+    asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+      auto slow = [](int) -> asio::awaitable<int> {
+        asio::steady_timer t(co_await asio::this_coro::executor, 50ms);
+        co_await t.async_wait(asio::use_awaitable);
+        co_return 1;
+      };
+      auto first = pool.async_map(std::vector<int>{1, 2}, slow, asio::experimental::deferred);
+      auto second = pool.async_map(std::vector<int>{3}, slow, asio::experimental::deferred);
+      auto [order, e1, r1, e2, r2] =
+          co_await asio::experimental::make_parallel_group(std::move(first), std::move(second))
+              .async_wait(asio::experimental::wait_for_all(), asio::use_awaitable);
+      CHECK(!e1);
+      CHECK(r1 == std::vector<int>{1, 1});
+      REQUIRE(e2);
+      try {
+        std::rethrow_exception(e2);
+      } catch (const coshard::pool_error& e) {
+        refused = e.what();
+      }
+    }, asio::detached);
+    io.run();
+    CHECK(refused.find("already running a job") != std::string::npos);
+  });
+}
+
+TEST_CASE("a worker killed during a job is reported, and replaced for the next job") {
+  with_pool({.workers = 2, .batch_size = 10}, [](coshard::process_pool& pool) {
+    try {
+      (void)pool.map(iota_vector(200), [](long x) {
+        if (x == 55) ::raise(SIGKILL);
+        return x;
+      });
+      FAIL("no exception");
+    } catch (const coshard::pool_error& e) {
+      const std::string what = e.what();
+      CHECK(what.find("killed by signal 9") != std::string::npos);
+      CHECK(what.find("[50, 60)") != std::string::npos);
+    }
+    auto out = pool.map(iota_vector(100), [](long x) { return x + 1; });
+    CHECK(out.back() == 100);
+    CHECK(child_pids().size() == 2);
+  });
+}
+
+TEST_CASE("invalid options are refused before any worker starts") {
+  CHECK_THROWS_WITH(coshard::process_pool({.workers = 1, .concurrency = 0}),
+                    Catch::Contains("concurrency"));
+  CHECK_THROWS_WITH(coshard::process_pool({.workers = 1, .batches_in_flight = 0}),
+                    Catch::Contains("batches_in_flight"));
+  CHECK(child_pids().empty());
+}
+
+TEST_CASE("workers = 0 starts one worker per hardware thread") {
+  coshard::process_pool pool;
+  CHECK(pool.size() == std::max(1u, std::thread::hardware_concurrency()));
+}

@@ -1,0 +1,135 @@
+// Tests of coshard/serialization.hpp: round trips, the raw-bytes path, and
+// bounds checks on hostile input.
+#include "coshard/serialization.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <array>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <variant>
+#include <vector>
+
+namespace {
+
+struct trivially_copied {
+  int a;
+  double b;
+  char c[3];
+  bool operator==(const trivially_copied&) const = default;
+};
+
+struct with_serialize {
+  std::string name;
+  std::vector<int> values;
+  std::optional<std::map<std::string, double>> extra;
+  bool operator==(const with_serialize&) const = default;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(name, values, extra);
+  }
+};
+
+struct no_way_across {
+  std::string s;  // not trivially copyable, no serialize function
+};
+
+template <class T>
+T round_trip(const T& value) {
+  return coshard::decode<T>(coshard::encode(value));
+}
+
+}  // namespace
+
+TEST_CASE("what may cross is decided at compile time") {
+  STATIC_REQUIRE(coshard::bitwise_serializable<int>);
+  STATIC_REQUIRE(coshard::bitwise_serializable<trivially_copied>);
+  STATIC_REQUIRE_FALSE(coshard::bitwise_serializable<int*>);
+  STATIC_REQUIRE_FALSE(coshard::bitwise_serializable<std::string>);
+  STATIC_REQUIRE(coshard::serializable<std::string>);
+  STATIC_REQUIRE(coshard::serializable<with_serialize>);
+  STATIC_REQUIRE(coshard::serializable<std::unordered_map<std::string, std::vector<int>>>);
+  STATIC_REQUIRE_FALSE(coshard::serializable<no_way_across>);
+  STATIC_REQUIRE_FALSE(coshard::serializable<const char*>);
+}
+
+TEST_CASE("values round-trip unchanged") {
+  CHECK(round_trip(42) == 42);
+  CHECK(round_trip(-1.5) == -1.5);
+  CHECK(round_trip(std::numeric_limits<std::uint64_t>::max()) == std::numeric_limits<std::uint64_t>::max());
+  CHECK(round_trip(std::string()) == "");
+  CHECK(round_trip(std::string("hello\0world", 11)) == std::string("hello\0world", 11));
+  const trivially_copied t{7, 2.5, {'x', 'y', 'z'}};
+  CHECK(round_trip(t) == t);
+  const with_serialize w{"n", {1, 2, 3}, std::map<std::string, double>{{"k", 0.5}}};
+  CHECK(round_trip(w) == w);
+  const std::unordered_map<std::string, long> counts{{"aardvark", 3}, {"bee", 1}};
+  CHECK(round_trip(counts) == counts);
+  const std::vector<std::tuple<int, std::string>> tuples{{1, "a"}, {2, "b"}};
+  CHECK(round_trip(tuples) == tuples);
+  const std::variant<int, std::string> v = std::string("alt");
+  CHECK(round_trip(v) == v);
+  const std::array<short, 4> arr{1, 2, 3, 4};
+  CHECK(round_trip(arr) == arr);
+}
+
+TEST_CASE("trivially copyable values are their own bytes") {
+  const trivially_copied t{1, 2.0, {'a', 'b', 'c'}};
+  const auto bytes = coshard::encode(t);
+  REQUIRE(bytes.size() == sizeof(t));
+  CHECK(std::memcmp(bytes.data(), &t, sizeof(t)) == 0);
+  // A vector of arithmetic values is one length prefix plus one block.
+  const std::vector<double> v(1000, 3.25);
+  CHECK(coshard::encode(v).size() == sizeof(std::uint64_t) + 1000 * sizeof(double));
+}
+
+TEST_CASE("truncated input is refused with a clear error") {
+  const auto bytes = coshard::encode(std::string(100, 'q'));
+  for (std::size_t cut : {std::size_t{0}, std::size_t{4}, std::size_t{8}, std::size_t{50}, bytes.size() - 1}) {
+    INFO("cut at " << cut);
+    CHECK_THROWS_WITH(coshard::decode<std::string>(std::span(bytes.data(), cut)),
+                      Catch::Contains("truncated"));
+  }
+  CHECK_THROWS_AS(coshard::decode<double>(std::span(bytes.data(), 3)), coshard::serialization_error);
+}
+
+TEST_CASE("a corrupt element count cannot make the decoder allocate wildly") {
+  auto bytes = coshard::encode(std::vector<std::string>{"a", "b"});
+  const std::uint64_t huge = std::uint64_t{1} << 60;
+  std::memcpy(bytes.data(), &huge, sizeof huge);
+  CHECK_THROWS_WITH(coshard::decode<std::vector<std::string>>(bytes), Catch::Contains("element count"));
+}
+
+TEST_CASE("trailing bytes are a decode error") {
+  auto bytes = coshard::encode(7);
+  bytes.push_back(std::byte{0});
+  CHECK_THROWS_WITH(coshard::decode<int>(bytes), Catch::Contains("unread bytes"));
+}
+
+TEST_CASE("random bytes never crash the decoder") {
+  std::uint64_t state = 0x9e3779b97f4a7c15ull;
+  auto next = [&] {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state;
+  };
+  int refused = 0;
+  for (int round = 0; round < 2000; ++round) {
+    std::vector<std::byte> junk(next() % 64);
+    for (auto& b : junk) b = std::byte(next() & 0xff);
+    try {
+      (void)coshard::decode<with_serialize>(junk);
+    } catch (const coshard::serialization_error&) {
+      ++refused;
+    } catch (const cereal::Exception&) {
+      ++refused;
+    }
+  }
+  CHECK(refused > 1900);  // almost all random inputs are invalid
+}
