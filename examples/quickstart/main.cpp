@@ -1,0 +1,92 @@
+// The README's quick start as a program: every kind of job a coshard pool runs.
+#include <coshard/coshard.hpp>
+
+#include <asio/detached.hpp>
+#include <asio/steady_timer.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <numeric>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+int main() {
+  // Two worker processes, each running up to 64 awaitable items at once.
+  coshard::process_pool pool{{.workers = 2, .concurrency = 64}};
+
+  std::vector<int> numbers(1'000'000);
+  std::iota(numbers.begin(), numbers.end(), 1);
+
+  // A plain function runs inline in the workers; results come back in input order.
+  std::vector<long> squares = pool.map(numbers, [](int x) { return long(x) * x; });
+  std::printf("squares: %zu results, last = %ld\n", squares.size(), squares.back());
+
+  // map_reduce combines inside each worker first; one partial per batch crosses back.
+  long sum = pool.map_reduce(numbers, [](int x) { return long(x); }, std::plus<>{}, 0L);
+  std::printf("sum 1..%zu = %ld\n", numbers.size(), sum);
+
+  // An awaitable function: I/O-style waits overlap inside every worker.
+  std::vector<std::string> names(2000, "page");
+  const auto t0 = std::chrono::steady_clock::now();
+  auto lengths = pool.map(names, [](std::string name) -> asio::awaitable<std::size_t> {
+    asio::steady_timer io_wait(co_await asio::this_coro::executor, 20ms);  // stands in for a fetch
+    co_await io_wait.async_wait(asio::use_awaitable);
+    co_return name.size();
+  });
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - t0);
+  std::printf("2000 waits of 20 ms: %zu results in %lld ms (one at a time: 40000 ms)\n",
+              lengths.size(), static_cast<long long>(ms.count()));
+
+  // A keyed reduce: word counts merged per key, in the workers and then here.
+  std::vector<std::string> lines{"the cat sat", "the dog sat", "a cat ran"};
+  auto counts = pool.map_reduce_by_key(lines, [](const std::string& line) {
+    std::unordered_map<std::string, long> words;
+    std::istringstream in(line);
+    for (std::string w; in >> w;) ++words[w];
+    return words;
+  });
+  std::printf("'the' x%ld, 'cat' x%ld, 'sat' x%ld\n", counts["the"], counts["cat"], counts["sat"]);
+
+  // A broadcast value: sent to each worker once per job, not once per item.
+  const std::string greeting = "hello #";
+  auto greetings = pool.map(std::vector<int>{1, 2, 3},
+                            [](const std::string& g, int i) { return g + std::to_string(i); },
+                            greeting);
+  std::printf("%s, %s, %s\n", greetings[0].c_str(), greetings[1].c_str(), greetings[2].c_str());
+
+  // Results in completion order, as Python's asyncio.as_completed gives them.
+  std::vector<int> delays{300, 100, 200};
+  pool.for_each_result(
+      delays,
+      [](int delay_ms) -> asio::awaitable<int> {
+        asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(delay_ms));
+        co_await t.async_wait(asio::use_awaitable);
+        co_return delay_ms;
+      },
+      [](std::size_t index, int delay_ms) {
+        std::printf("finished: input %zu (%d ms)\n", index, delay_ms);
+      });
+
+  // The same pool from a coroutine on the caller's own io_context.
+  asio::io_context io;
+  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+    auto v = co_await pool.async_map(numbers, [](int x) { return x % 7; }, asio::use_awaitable);
+    std::printf("async_map: %zu results, v[10] = %d\n", v.size(), v[10]);
+  }, asio::detached);
+  io.run();
+
+  // A task's exception comes back with its type, message, input index and worker.
+  try {
+    (void)pool.map(numbers, [](int x) {
+      if (x == 4242) throw std::invalid_argument("no 4242 please");
+      return x;
+    });
+  } catch (const coshard::task_error& e) {
+    std::printf("task_error: %s\n", e.what());
+  }
+}
