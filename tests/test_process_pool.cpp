@@ -3,6 +3,8 @@
 // completion tokens, and clean teardown.
 #include "coshard/process_pool.hpp"
 
+#include <sys/socket.h>
+
 #include <asio/bind_executor.hpp>
 #include <asio/experimental/deferred.hpp>
 #include <asio/detached.hpp>
@@ -20,6 +22,7 @@
 #include <ranges>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <unordered_map>
 
 #include "test_support.hpp"
@@ -478,4 +481,59 @@ TEST_CASE("invalid options are refused before any worker starts") {
 TEST_CASE("workers = 0 starts one worker per hardware thread") {
   coshard::process_pool pool;
   CHECK(pool.size() == std::max(1u, std::thread::hardware_concurrency()));
+}
+
+TEST_CASE("single-pass input ranges are consumed once, lazily") {
+  with_pool({.workers = 2, .batch_size = 100}, [](coshard::process_pool& pool) {
+    std::string text;
+    for (int i = 0; i < 5000; ++i) text += std::to_string(i) + " ";
+    std::istringstream stream(text);
+    auto squares = pool.map(std::ranges::istream_view<long>(stream), [](long x) { return x * x; });
+    REQUIRE(squares.size() == 5000);
+    for (long i = 0; i < 5000; ++i) REQUIRE(squares[static_cast<std::size_t>(i)] == i * i);
+  });
+}
+
+TEST_CASE("a worker refuses an entry id it does not know, by name, without crashing") {
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  int exit_code = -1;
+  std::thread worker([&] {
+    coshard::detail::worker_process w(sv[1], {});
+    exit_code = w.run();
+  });
+  coshard::detail::byte_buffer payload;
+  coshard::detail::encode_value(payload, std::uint64_t{0xdeadbeef});  // no such entry
+  for (int part = 0; part < 4; ++part) coshard::detail::encode_value(payload, std::uint64_t{0});
+  coshard::detail::frame_header h;
+  h.type = coshard::detail::frame_type::job_start;
+  h.job = 1;
+  h.payload_size = payload.size();
+  REQUIRE(::write(sv[0], &h, sizeof h) == static_cast<ssize_t>(sizeof h));
+  REQUIRE(::write(sv[0], payload.data(), payload.size()) == static_cast<ssize_t>(payload.size()));
+  coshard::detail::frame_header reply;
+  REQUIRE(::recv(sv[0], &reply, sizeof reply, MSG_WAITALL) == static_cast<ssize_t>(sizeof reply));
+  CHECK(reply.type == coshard::detail::frame_type::job_failed);
+  std::vector<std::byte> body(reply.payload_size);
+  REQUIRE(::recv(sv[0], body.data(), body.size(), MSG_WAITALL) == static_cast<ssize_t>(body.size()));
+  const auto message = coshard::decode<std::string>(body);
+  CHECK(message.find("unknown entry id 3735928559") != std::string::npos);
+  ::close(sv[0]);  // EOF: the worker loop ends cleanly
+  worker.join();
+  CHECK(exit_code == 0);
+}
+
+TEST_CASE("a corrupt frame from the parent ends the worker with a named cause") {
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  int exit_code = -1;
+  std::thread worker([&] {
+    coshard::detail::worker_process w(sv[1], {});
+    exit_code = w.run();
+  });
+  std::vector<char> junk(sizeof(coshard::detail::frame_header), 'x');
+  REQUIRE(::write(sv[0], junk.data(), junk.size()) == static_cast<ssize_t>(junk.size()));
+  worker.join();
+  CHECK(exit_code == 3);
+  ::close(sv[0]);
 }
