@@ -2,6 +2,10 @@
 // results in input order, fold partials, or hand results to a sink.
 #pragma once
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdint>
 #include <cstring>
 #include <span>
 #include <type_traits>
@@ -20,7 +24,18 @@ class ordered_collector {
   using value_type = std::vector<R>;
   static constexpr bool is_reduce = false;
 
-  void reserve(std::size_t n) { out_.reserve(n); }
+  void reserve(std::size_t n) {
+    out_.reserve(n);
+    // Fresh pages of a large result vector are faulted in one by one as
+    // results land; huge pages cut that by 512x where the kernel allows it.
+    const std::size_t bytes = n * sizeof(R);
+    if (bytes >= (std::size_t{8} << 20)) {
+      const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+      const auto begin = (reinterpret_cast<std::uintptr_t>(out_.data()) + page - 1) & ~(page - 1);
+      const auto end = reinterpret_cast<std::uintptr_t>(out_.data()) + bytes;
+      if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+    }
+  }
 
   void on_result(const frame_header& h, std::span<const std::byte> payload) {
     const std::size_t first = h.first_index;

@@ -24,6 +24,7 @@
 #include <ranges>
 #include <vector>
 
+#include "coshard/detail/frame_io.hpp"
 #include "coshard/detail/job_runner.hpp"
 #include "coshard/detail/worker_set.hpp"
 
@@ -75,19 +76,28 @@ class batch_sizer {
   [[nodiscard]] std::size_t next(std::optional<std::size_t> remaining) const {
     if (fixed_) return fixed_;
     std::size_t n = current_;
-    // Near the end, smaller batches keep every worker busy until the last item.
-    if (remaining) n = std::min(n, std::max<std::size_t>(1, (*remaining + spread_ - 1) / spread_));
+    // Near the end, smaller batches keep every worker busy until the last
+    // item; but not below about an eighth of the target time, where the round
+    // trips would cost more than the imbalance they avoid.
+    if (remaining) {
+      const std::size_t share = (*remaining + spread_ - 1) / spread_;
+      n = std::min(n, std::max(share, std::min(n, floor_)));
+    }
     return std::max<std::size_t>(n, 1);
   }
 
   void observe(std::uint32_t count, std::uint64_t elapsed_ns) {
     if (fixed_ || count == 0) return;
-    const double per_item = std::max(1.0, static_cast<double>(elapsed_ns) / count);
-    per_item_ns_ = per_item_ns_ == 0 ? per_item : 0.7 * per_item_ns_ + 0.3 * per_item;
+    const double per_item = std::max(0.5, static_cast<double>(elapsed_ns) / count);
+    const bool first = per_item_ns_ == 0;
+    per_item_ns_ = first ? per_item : 0.7 * per_item_ns_ + 0.3 * per_item;
     const double want = target_ns_ / per_item_ns_;
-    const double lo = static_cast<double>(current_) / 2, hi = static_cast<double>(current_) * 4;
-    current_ = static_cast<std::size_t>(std::clamp(want, lo, hi));
-    current_ = std::clamp<std::size_t>(current_, min_, max_items);
+    // The first measurement sets the size outright; later ones move it gradually.
+    const double lo = static_cast<double>(current_) / 2;
+    const double hi = first ? want : static_cast<double>(current_) * 4;
+    current_ = std::clamp<std::size_t>(static_cast<std::size_t>(std::clamp(want, lo, std::max(lo, hi))),
+                                       min_, max_items);
+    floor_ = std::max<std::size_t>(1, static_cast<std::size_t>(want / 8));
   }
 
  private:
@@ -97,6 +107,7 @@ class batch_sizer {
   std::size_t spread_;
   std::size_t min_;
   std::size_t current_;
+  std::size_t floor_ = 1;
   double per_item_ns_ = 0;
 };
 
@@ -218,13 +229,6 @@ class job {
     return h;
   }
 
-  static asio::awaitable<void> write_frame(socket& s, const frame_header& h,
-                                           std::span<const std::byte> payload) {
-    std::array<asio::const_buffer, 2> bufs{asio::buffer(&h, sizeof h),
-                                           asio::buffer(payload.data(), payload.size())};
-    co_await asio::async_write(s, bufs, asio::use_awaitable);
-  }
-
   // Hands the fd back without closing it when the job ends, however it ends.
   struct socket_lease {
     socket& s;
@@ -264,25 +268,20 @@ class job {
         }
         if (held.empty()) break;
         frame_header h;
-        co_await asio::async_read(sock, asio::buffer(&h, sizeof h), asio::use_awaitable);
-        validate_header(h, opts_.max_frame_bytes);
-        slot.inbox.clear();
-        slot.inbox.grow(h.payload_size);
-        co_await asio::async_read(sock, asio::buffer(slot.inbox.data(), slot.inbox.size()),
-                                  asio::use_awaitable);
+        const auto payload = co_await slot.reader->read(sock, h);
         if (h.job != job_id_)
           throw serialization_error("coshard: worker pid " + std::to_string(slot.pid) +
                                     " replied for job " + std::to_string(h.job) + " during job " +
                                     std::to_string(job_id_));
         if (h.batch == job_start_batch) {  // the worker could not start the job
-          handle_reply(slot, h, slot.inbox.view());
+          handle_reply(slot, h, payload);
           continue;
         }
         auto rec = std::find_if(held.begin(), held.end(), [&](auto& r) { return r.id == h.batch; });
         if (rec == held.end() || h.first_index != rec->first || h.count != rec->count)
           throw serialization_error("coshard: worker pid " + std::to_string(slot.pid) +
                                     " replied to a batch it does not hold");
-        handle_reply(slot, h, slot.inbox.view());
+        handle_reply(slot, h, payload);
         recycle(std::move(rec->payload));
         held.erase(rec);
       }

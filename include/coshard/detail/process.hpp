@@ -60,6 +60,13 @@ inline spawned_worker spawn_worker(const worker_settings& settings,
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     throw pool_error(std::string("coshard: socketpair failed: ") + std::strerror(errno));
+  // Larger socket buffers let a whole batch go down in one send (the kernel
+  // caps the request at net.core.wmem_max).
+  for (int fd : sv) {
+    const int bytes = 1 << 20;
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+  }
   // Output buffered in the parent would otherwise be printed twice.
   std::cout.flush();
   std::fflush(nullptr);

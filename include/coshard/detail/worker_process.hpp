@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "coshard/detail/frame_io.hpp"
 #include "coshard/detail/job_runner.hpp"
 
 namespace coshard::detail {
@@ -85,13 +86,8 @@ class worker_process final : public worker_context {
   asio::awaitable<void> read_loop() {
     for (;;) {
       frame_header h;
-      co_await asio::async_read(socket_, asio::buffer(&h, sizeof h), asio::use_awaitable);
-      validate_header(h, settings_.max_frame_bytes);
-      inbox_.clear();
-      inbox_.grow(h.payload_size);
-      co_await asio::async_read(socket_, asio::buffer(inbox_.data(), inbox_.size()),
-                                asio::use_awaitable);
-      dispatch(h, inbox_.view());
+      const auto payload = co_await reader_.read(socket_, h);
+      dispatch(h, payload);
     }
   }
 
@@ -161,9 +157,7 @@ class worker_process final : public worker_context {
   asio::awaitable<void> write_loop() {
     while (!outbox_.empty()) {
       auto& [h, payload] = outbox_.front();
-      std::array<asio::const_buffer, 2> bufs{asio::buffer(&h, sizeof h),
-                                             asio::buffer(payload.data(), payload.size())};
-      co_await asio::async_write(socket_, bufs, asio::use_awaitable);
+      co_await write_frame(socket_, h, payload.view());
       payload.clear();
       if (spare_.size() < 8) spare_.push_back(std::move(payload));
       outbox_.pop_front();
@@ -174,7 +168,7 @@ class worker_process final : public worker_context {
   worker_settings settings_;
   asio::io_context io_{1};
   asio::local::stream_protocol::socket socket_;
-  byte_buffer inbox_;
+  frame_reader reader_{settings_.max_frame_bytes};
   std::deque<std::pair<frame_header, byte_buffer>> outbox_;
   std::vector<byte_buffer> spare_;
   bool writing_ = false;

@@ -4,10 +4,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <memory>
 #include <thread>
 #include <vector>
 
-#include "coshard/detail/byte_buffer.hpp"
+#include "coshard/detail/frame_io.hpp"
 #include "coshard/detail/process.hpp"
 #include "coshard/pool_options.hpp"
 
@@ -19,7 +20,8 @@ struct worker_slot {
   /// Set when the channel can no longer be trusted (EOF, corrupt frame): the
   /// worker is killed and replaced before the next job.
   bool broken = false;
-  byte_buffer inbox;  // reused for every frame read from this worker
+  /// Reads this worker's replies; its buffer is reused from job to job.
+  std::unique_ptr<frame_reader> reader;
 };
 
 class worker_set {
@@ -82,6 +84,7 @@ class worker_set {
     s.pid = w.pid;
     s.fd = w.fd;
     s.broken = false;
+    s.reader = std::make_unique<frame_reader>(opts_.max_frame_bytes);
   }
 
   void stop(worker_slot& s, std::chrono::milliseconds grace) {

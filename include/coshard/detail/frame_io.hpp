@@ -1,0 +1,102 @@
+// coshard/detail/frame_io.hpp - reading and writing frames with few syscalls.
+#pragma once
+
+#include "coshard/detail/asio_config.hpp"
+
+#include <asio/read.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <span>
+
+#include "coshard/detail/byte_buffer.hpp"
+#include "coshard/detail/wire.hpp"
+
+namespace coshard::detail {
+
+// Asio's transfer_all caps each send/recv at 64 KiB; a batch of 1 MiB would
+// cost 16 syscalls. This condition lets one call move all the kernel takes.
+struct transfer_rest {
+  std::size_t total;
+  std::size_t operator()(const asio::error_code& ec, std::size_t done) const {
+    return ec ? 0 : total - done;
+  }
+};
+
+/// Writes one frame (header and payload gathered into one sendmsg where possible).
+template <class Stream>
+asio::awaitable<void> write_frame(Stream& s, const frame_header& h, std::span<const std::byte> payload) {
+  std::array<asio::const_buffer, 2> bufs{asio::buffer(&h, sizeof h),
+                                         asio::buffer(payload.data(), payload.size())};
+  co_await asio::async_write(s, bufs, transfer_rest{sizeof h + payload.size()}, asio::use_awaitable);
+}
+
+/// Reads frames through one buffer: a receive takes whatever has arrived, so a
+/// header and its payload (and often the next frame) cost one syscall.
+class frame_reader {
+ public:
+  explicit frame_reader(std::uint64_t max_frame_bytes) : max_frame_(max_frame_bytes) {}
+
+  /// Reads the next frame into `h`; returns its payload, valid until the next call.
+  /// Throws serialization_error for a malformed header, system_error on EOF.
+  template <class Stream>
+  asio::awaitable<std::span<const std::byte>> read(Stream& s, frame_header& h) {
+    consume();
+    co_await fill(s, sizeof h);
+    std::memcpy(&h, buf_.data() + begin_, sizeof h);
+    validate_header(h, max_frame_);
+    co_await fill(s, sizeof h + h.payload_size);
+    pending_ = sizeof h + h.payload_size;
+    co_return std::span<const std::byte>(buf_.data() + begin_ + sizeof h, h.payload_size);
+  }
+
+  /// Bytes received but not yet handed out (none between jobs, in a correct run).
+  [[nodiscard]] std::size_t buffered() const noexcept { return end_ - begin_ - pending_; }
+
+ private:
+  static constexpr std::size_t min_capacity = 256 * 1024;
+
+  void consume() {
+    begin_ += pending_;
+    pending_ = 0;
+    if (begin_ == end_) {
+      begin_ = end_ = 0;
+      // One huge frame should not pin its buffer for the life of the channel.
+      if (buf_.capacity() > 16 * min_capacity) buf_ = byte_buffer();
+    }
+  }
+
+  template <class Stream>
+  asio::awaitable<void> fill(Stream& s, std::size_t want) {
+    if (end_ - begin_ >= want) co_return;
+    if (buf_.capacity() - begin_ < std::max(want, min_capacity / 2)) {
+      // Move the partial frame to the front, growing the buffer if it cannot hold it.
+      const std::size_t have = end_ - begin_;
+      if (buf_.capacity() >= std::max(want, min_capacity)) {
+        if (have) std::memmove(buf_.data(), buf_.data() + begin_, have);
+      } else {
+        byte_buffer fresh;
+        fresh.reserve(std::max(want, min_capacity));
+        fresh.append(buf_.data() + begin_, have);
+        buf_ = std::move(fresh);
+      }
+      begin_ = 0;
+      end_ = have;
+    }
+    while (end_ - begin_ < want) {
+      const std::size_t room = buf_.capacity() - end_;
+      end_ += co_await s.async_read_some(asio::buffer(buf_.data() + end_, room), asio::use_awaitable);
+    }
+  }
+
+  byte_buffer buf_;  // only capacity is used; [begin_, end_) holds received bytes
+  std::size_t begin_ = 0;
+  std::size_t end_ = 0;
+  std::size_t pending_ = 0;  // bytes of the frame last returned, dropped on the next read
+  std::uint64_t max_frame_;
+};
+
+}  // namespace coshard::detail
