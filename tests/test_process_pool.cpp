@@ -451,22 +451,24 @@ TEST_CASE("a second job while one runs is refused clearly") {
   });
 }
 
-TEST_CASE("a worker killed during a job is reported, and replaced for the next job") {
-  with_pool({.workers = 2, .batch_size = 10}, [](coshard::process_pool& pool) {
+TEST_CASE("an item that kills its worker is reported by index; the pool stays whole") {
+  with_pool({.workers = 2, .batch_size = 10, .max_retries = 1}, [](coshard::process_pool& pool) {
+    const auto pids = pool.worker_pids();
     try {
       (void)pool.map(iota_vector(200), [](long x) {
         if (x == 55) ::raise(SIGKILL);
         return x;
       });
       FAIL("no exception");
-    } catch (const coshard::pool_error& e) {
-      const std::string what = e.what();
-      CHECK(what.find("killed by signal 9") != std::string::npos);
-      CHECK(what.find("[50, 60)") != std::string::npos);
+    } catch (const coshard::worker_crashed& e) {
+      CHECK(e.index() == 55);
+      CHECK(e.term_signal() == SIGKILL);
+      CHECK(std::string(e.what()).find("killed by signal 9") != std::string::npos);
     }
     auto out = pool.map(iota_vector(100), [](long x) { return x + 1; });
     CHECK(out.back() == 100);
     CHECK(child_pids().size() == 2);
+    CHECK(pool.worker_pids() != pids);
   });
 }
 

@@ -3,6 +3,7 @@
 
 #include "coshard/errors.hpp"
 #include "coshard/keyed_reduce.hpp"
+#include "coshard/outcome.hpp"
 #include "coshard/pool_options.hpp"
 #include "coshard/process_pool.hpp"
 #include "coshard/serialization.hpp"

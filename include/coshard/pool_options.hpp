@@ -28,6 +28,16 @@ struct pool_options {
   std::uint64_t max_frame_bytes = std::uint64_t{1} << 31;
   /// How long the destructor waits for workers to exit before killing them.
   std::chrono::milliseconds shutdown_timeout{2000};
+  /// Attempts after the first for an item whose worker died while running it
+  /// alone; then it fails with worker_crashed.
+  std::size_t max_retries = 2;
+  /// Per-item time limit; zero means none. An awaitable item is cancelled
+  /// through Asio cancellation at the limit; a plain function still running at
+  /// item_timeout + timeout_grace has its worker killed and replaced. Either
+  /// way the item fails with timeout_error.
+  std::chrono::milliseconds item_timeout{0};
+  /// See item_timeout.
+  std::chrono::milliseconds timeout_grace{1000};
 };
 
 }  // namespace coshard

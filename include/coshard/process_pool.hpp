@@ -9,6 +9,7 @@
 #include <asio/co_spawn.hpp>
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
+#include <asio/post.hpp>
 #include <asio/strand.hpp>
 
 #include <atomic>
@@ -27,6 +28,7 @@
 #include "coshard/detail/worker_set.hpp"
 #include "coshard/errors.hpp"
 #include "coshard/keyed_reduce.hpp"
+#include "coshard/outcome.hpp"
 #include "coshard/pool_options.hpp"
 #include "coshard/serialization.hpp"
 
@@ -135,6 +137,34 @@ class process_pool {
     return run_blocking(make_map_job(detail::make_input_source(std::forward<Range>(inputs)), fn, shared));
   }
 
+  /// Like map, but every item settles on its own: the result is one
+  /// coshard::outcome<R> per input, in input order, holding the value or the
+  /// failure (task_error, worker_crashed, timeout_error). One failing item does
+  /// not stop the others. Throws pool_error only for failures of the pool
+  /// itself, and operation_aborted (std::system_error) if cancelled.
+  template <std::ranges::input_range Range, class F>
+  [[nodiscard]] auto map_settled(Range&& inputs, F fn) {
+    return run_blocking(make_settled_job(detail::make_input_source(std::forward<Range>(inputs)), fn));
+  }
+
+  /// Asynchronous map_settled; completion signature
+  /// `void(std::exception_ptr, std::vector<coshard::outcome<R>>)`.
+  template <std::ranges::input_range Range, class F, class CompletionToken>
+  auto async_map_settled(Range&& inputs, F fn, CompletionToken&& token) {
+    auto j = make_settled_job(detail::make_input_source(std::forward<Range>(inputs)), fn);
+    return launch(std::move(j), std::forward<CompletionToken>(token));
+  }
+
+  /// Cancels the job running on this pool, if any; callable from any thread
+  /// (e.g. from a std::stop_callback). Queued batches are dropped, workers
+  /// cancel their running coroutines, and the job's call completes with
+  /// std::system_error(asio::error::operation_aborted) once every worker has
+  /// answered. The pool stays usable. Plain functions already running finish.
+  void cancel() {
+    std::lock_guard lock(cancel_mutex_);
+    if (cancel_current_) cancel_current_();
+  }
+
   /// Applies `fn` to every input and folds the results with `reduce`, first
   /// inside each worker (one partial per batch crosses back), then in the
   /// caller. `init` must be an identity of `reduce` (0 for +, an empty map
@@ -232,6 +262,17 @@ class process_pool {
         detail::encode_job_start<spec>(fn, {}, shared, {}), detail::ordered_collector<R>{});
   }
 
+  template <class View, class F>
+  auto make_settled_job(View view, const F& fn) {
+    using T = detail::source_input_of<View>;
+    static_assert(detail::check_task<F, detail::no_shared, T>());
+    using spec = detail::job_spec<F, T, detail::no_shared, detail::no_reduce, detail::no_reduce, true>;
+    using R = typename spec::result_type;
+    return detail::job<spec, View, detail::settled_collector<R>>(
+        workers_, ++job_counter_, std::move(view),
+        detail::encode_job_start<spec>(fn, {}, detail::no_shared{}, {}), detail::settled_collector<R>{});
+  }
+
   template <class View, class F, class Reduce, class Acc, class S>
   auto make_reduce_job(View view, const F& fn, const Reduce& reduce, Acc init, const S& shared) {
     using T = detail::source_input_of<View>;
@@ -284,9 +325,42 @@ class process_pool {
     std::atomic<bool>& flag_;
   };
 
+  // Lets cancel() reach the running job from any thread: the request is
+  // posted to the job's executor and dropped if the job has ended by then.
+  struct cancel_target {
+    std::function<void()> cancel;  // set and cleared on the job's executor
+  };
+
+  class cancel_scope {
+   public:
+    template <class Job, class Executor>
+    cancel_scope(process_pool& pool, Job& j, Executor ex)
+        : pool_(pool), target_(std::make_shared<cancel_target>()) {
+      target_->cancel = [&j] { j.cancel(); };
+      std::lock_guard lock(pool_.cancel_mutex_);
+      pool_.cancel_current_ = [ex, weak = std::weak_ptr<cancel_target>(target_)] {
+        asio::post(ex, [weak] {
+          if (auto t = weak.lock(); t && t->cancel) t->cancel();
+        });
+      };
+    }
+    ~cancel_scope() {
+      std::lock_guard lock(pool_.cancel_mutex_);
+      pool_.cancel_current_ = nullptr;
+      target_->cancel = nullptr;
+    }
+    cancel_scope(const cancel_scope&) = delete;
+    cancel_scope& operator=(const cancel_scope&) = delete;
+
+   private:
+    process_pool& pool_;
+    std::shared_ptr<cancel_target> target_;
+  };
+
   template <class Job>
   static asio::awaitable<typename Job::value_type> run_guarded(process_pool* self, Job j) {
     busy_scope busy(self->busy_);
+    cancel_scope cancellable(*self, j, co_await asio::this_coro::executor);
     self->workers_.replace_broken();
     co_return co_await j.run();
   }
@@ -336,6 +410,8 @@ class process_pool {
   asio::io_context io_{1};
   std::atomic<bool> busy_{false};
   std::uint64_t job_counter_ = 0;
+  std::mutex cancel_mutex_;
+  std::function<void()> cancel_current_;
   std::mutex background_mutex_;
   asio::io_context background_{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> background_guard_;

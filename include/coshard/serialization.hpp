@@ -42,10 +42,13 @@ namespace coshard {
 
 /// Types copied as raw bytes. Pointers are excluded: an address means nothing
 /// in another process. (A struct holding a pointer cannot be detected; don't.)
+/// A class with its own serialize/save function is written through it even
+/// when trivially copyable: the user asked for that format (or for its checks).
 template <class T>
-concept bitwise_serializable = std::is_trivially_copyable_v<T> && std::is_object_v<T> &&
-                               !std::is_pointer_v<T> && !std::is_member_pointer_v<T> &&
-                               !std::is_array_v<T> && !std::is_empty_v<T>;
+concept bitwise_serializable =
+    std::is_trivially_copyable_v<T> && std::is_object_v<T> && !std::is_pointer_v<T> &&
+    !std::is_member_pointer_v<T> && !std::is_array_v<T> && !std::is_empty_v<T> &&
+    !(std::is_class_v<T> && cereal::traits::is_output_serializable<T, detail::output_archive>::value);
 
 /// Types cereal can write and read with coshard's binary archives.
 template <class T>

@@ -32,6 +32,10 @@ class byte_buffer {
   [[nodiscard]] std::span<const std::byte> view() const noexcept { return {data_.get(), size_}; }
 
   void clear() noexcept { size_ = 0; }
+  /// Drops bytes past `n` (n <= size()).
+  void truncate(std::size_t n) noexcept {
+    if (n < size_) size_ = n;
+  }
   void reserve(std::size_t n) {
     if (n <= capacity_) return;
     std::size_t cap = capacity_ ? capacity_ : 256;

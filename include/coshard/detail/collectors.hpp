@@ -12,10 +12,33 @@
 #include <utility>
 #include <vector>
 
+#include "coshard/detail/job_runner.hpp"
 #include "coshard/detail/wire.hpp"
+#include "coshard/outcome.hpp"
 #include "coshard/serialization.hpp"
 
 namespace coshard::detail {
+
+/// The exception a caller sees for an item that failed in a worker.
+inline std::exception_ptr to_exception(const item_failure& f, pid_t pid) {
+  const auto index = static_cast<std::size_t>(f.index);
+  switch (f.kind) {
+    case failure_kind::timed_out:
+      return std::make_exception_ptr(timeout_error(
+          "coshard: input index " + std::to_string(index) + " was cancelled at item_timeout (worker pid " +
+              std::to_string(pid) + ")",
+          index, pid));
+    case failure_kind::cancelled:
+      return std::make_exception_ptr(
+          item_error("coshard: input index " + std::to_string(index) + " was cancelled", index, pid));
+    case failure_kind::undecodable:
+      return std::make_exception_ptr(task_error(
+          f.what.type_name, "the input could not be decoded in the worker: " + f.what.message, index, pid));
+    case failure_kind::threw:
+      break;
+  }
+  return std::make_exception_ptr(task_error(f.what.type_name, f.what.message, index, pid));
+}
 
 /// Results of `map`, placed by input index as batches return in any order.
 template <class R>
@@ -23,6 +46,7 @@ class ordered_collector {
  public:
   using value_type = std::vector<R>;
   static constexpr bool is_reduce = false;
+  static constexpr bool settled = false;
 
   void reserve(std::size_t n) {
     out_.reserve(n);
@@ -37,7 +61,7 @@ class ordered_collector {
     }
   }
 
-  void on_result(const frame_header& h, std::span<const std::byte> payload) {
+  void on_result(const frame_header& h, std::span<const std::byte> payload, pid_t) {
     const std::size_t first = h.first_index;
     if (out_.size() < first + h.count) out_.resize(first + h.count);
     if constexpr (bitwise_serializable<R> && !std::is_same_v<R, bool>) {
@@ -65,11 +89,12 @@ class reduce_collector {
  public:
   using value_type = Acc;
   static constexpr bool is_reduce = true;
+  static constexpr bool settled = false;
 
   reduce_collector(Reduce reduce, Acc init) : reduce_(std::move(reduce)), acc_(std::move(init)) {}
   void reserve(std::size_t) {}
 
-  void on_result(const frame_header&, std::span<const std::byte> payload) {
+  void on_result(const frame_header&, std::span<const std::byte> payload, pid_t) {
     acc_ = reduce_(std::move(acc_), decode<Acc>(payload));
   }
 
@@ -86,11 +111,12 @@ class sink_collector {
  public:
   using value_type = std::size_t;  // how many results were delivered
   static constexpr bool is_reduce = false;
+  static constexpr bool settled = false;
 
   explicit sink_collector(Sink sink) : sink_(std::move(sink)) {}
   void reserve(std::size_t) {}
 
-  void on_result(const frame_header& h, std::span<const std::byte> payload) {
+  void on_result(const frame_header& h, std::span<const std::byte> payload, pid_t) {
     input_archive in(payload);
     std::vector<R> batch;
     batch.reserve(h.count);
@@ -107,6 +133,43 @@ class sink_collector {
  private:
   Sink sink_;
   std::size_t delivered_ = 0;
+};
+
+/// Results of `map_settled`: every item's value or failure, by input index.
+template <class R>
+class settled_collector {
+ public:
+  using value_type = std::vector<outcome<R>>;
+  static constexpr bool is_reduce = false;
+  static constexpr bool settled = true;
+
+  void reserve(std::size_t n) { out_.reserve(n); }
+
+  void on_result(const frame_header& h, std::span<const std::byte> payload, pid_t pid) {
+    const std::size_t first = h.first_index;
+    grow(first + h.count);
+    input_archive in(payload);
+    for (std::size_t i = 0; i < h.count; ++i) {
+      if (decode_one<std::uint8_t>(in))
+        out_[first + i] = outcome<R>(decode_one<R>(in));
+      else
+        out_[first + i] = outcome<R>(to_exception(decode_failure(in), pid));
+    }
+    check_fully_consumed<R>(in, "result frame");
+  }
+
+  void set_error(std::size_t index, std::exception_ptr e) {
+    grow(index + 1);
+    out_[index] = outcome<R>(std::move(e));
+  }
+
+  value_type take() { return std::move(out_); }
+
+ private:
+  void grow(std::size_t n) {
+    if (out_.size() < n) out_.resize(n);
+  }
+  std::vector<outcome<R>> out_;
 };
 
 }  // namespace coshard::detail

@@ -4,6 +4,7 @@
 
 #include "coshard/detail/asio_config.hpp"
 
+#include <asio/cancellation_state.hpp>
 #include <asio/co_spawn.hpp>
 #include <asio/local/stream_protocol.hpp>
 #include <asio/read.hpp>
@@ -13,17 +14,22 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <deque>
 #include <exception>
 #include <iterator>
+#include <list>
 #include <memory>
 #include <optional>
 #include <ranges>
 #include <vector>
 
+#include "coshard/detail/collectors.hpp"
 #include "coshard/detail/frame_io.hpp"
 #include "coshard/detail/job_runner.hpp"
 #include "coshard/detail/worker_set.hpp"
@@ -59,6 +65,11 @@ struct batch_record {
   std::uint64_t first = 0;
   std::uint32_t count = 0;
   byte_buffer payload;  // kept until the reply arrives, so it can be sent again
+  // Start of each item in `payload` when items differ in size (empty when they
+  // are all sizeof(T) bytes): lets a batch be split without re-encoding.
+  std::vector<std::uint32_t> offsets;
+  std::uint32_t crashes = 0;  // deaths of a worker that held only this batch
+  bool suspect = false;       // held by a worker that died: runs alone until cleared
 };
 
 /// Chooses batch sizes: fixed, or adapted so one batch takes about
@@ -118,6 +129,15 @@ class job {
   using iterator = std::ranges::iterator_t<range&>;
   using socket = asio::local::stream_protocol::socket;
   static constexpr std::uint64_t job_start_batch = ~std::uint64_t{0};
+  static constexpr bool fixed_size_items = bitwise_serializable<T>;
+
+  // The parent's side of one worker during this job.
+  struct channel {
+    std::list<batch_record> held;  // sent, not yet answered: exactly what a death loses
+    socket* sock = nullptr;
+    bool reading = false;      // waiting for a reply: a cancel may interrupt the read
+    bool cancel_sent = false;
+  };
 
  public:
   using value_type = typename Collector::value_type;
@@ -131,28 +151,58 @@ class job {
         job_start_(std::move(job_start)),
         collector_(std::move(collector)),
         sizer_(opts_, workers.slots().size(), Spec::traits::is_awaitable),
-        max_held_(held_limit(opts_)) {}
+        max_held_(held_limit(opts_)),
+        channels_(workers.slots().size()) {}
 
-  asio::awaitable<typename Collector::value_type> run() {
+  /// Runs the job to completion. Cancelling the awaiting coroutine (any
+  /// cancellation type) cancels the job; it then completes with
+  /// asio::error::operation_aborted once every worker has answered.
+  asio::awaitable<value_type> run() {
     auto ex = co_await asio::this_coro::executor;
+    co_await asio::this_coro::throw_if_cancelled(false);
+    co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation());
     it_.emplace(std::ranges::begin(inputs_.get()));
     if constexpr (std::ranges::sized_range<range>) {
       total_ = static_cast<std::size_t>(std::ranges::size(inputs_.get()));
       collector_.reserve(*total_);
     }
     asio::steady_timer all_done(ex, asio::steady_timer::time_point::max());
-    std::size_t running = workers_.slots().size();
-    for (auto& slot : workers_.slots()) {
-      asio::co_spawn(ex, serve(slot), [&](std::exception_ptr e) {
+    wake_.emplace(ex, asio::steady_timer::time_point::max());
+    std::size_t running = channels_.size();
+    for (std::size_t i = 0; i < channels_.size(); ++i) {
+      asio::co_spawn(ex, serve(i), [&](std::exception_ptr e) {
         if (e) fail(e);
         if (--running == 0) all_done.cancel();
       });
     }
-    asio::error_code ec;
-    if (running) co_await all_done.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    while (running > 0) {
+      asio::error_code ec;
+      co_await all_done.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
+      if (cs.cancelled() != asio::cancellation_type::none) {
+        cancel();
+        co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation());
+      }
+    }
+    wake_.reset();
+    if (cancelled_)
+      throw std::system_error(asio::error::operation_aborted, "coshard: job cancelled");
     if (failure_) std::rethrow_exception(failure_);
-    if (task_failure_) throw *task_failure_;
+    if (item_failure_) std::rethrow_exception(item_failure_);
     co_return collector_.take();
+  }
+
+  /// Stops dispatching, asks every worker to cancel what it runs, and lets the
+  /// job complete with operation_aborted. Call on the job's executor.
+  void cancel() {
+    if (cancelled_) return;
+    cancelled_ = true;
+    for (auto& ch : channels_)
+      if (ch.sock && ch.reading) {
+        asio::error_code ignored;
+        ch.sock->cancel(ignored);  // the serving coroutine sends the cancel frame
+      }
+    notify();
   }
 
  private:
@@ -165,48 +215,137 @@ class job {
     return k;
   }
 
-  // A pool-level failure wins over task errors; the first one is kept.
+  // A pool-level failure wins over item failures; the first one is kept.
   void fail(std::exception_ptr e) {
     if (!failure_) failure_ = e;
+    notify();
   }
-  [[nodiscard]] bool stopping() const { return failure_ || task_failure_; }
 
-  std::optional<batch_record> cut_batch(worker_slot& slot) {
-    if (input_done_ || stopping()) return std::nullopt;
-    std::optional<std::size_t> remaining;
-    if (total_) remaining = *total_ - next_index_;
-    const std::size_t target = sizer_.next(remaining);
-    batch_record rec;
-    rec.payload = take_spare();
-    rec.first = next_index_;
-    auto& it = *it_;
-    const auto end = std::ranges::end(inputs_.get());
-    std::size_t count = 0;
-    if constexpr (std::ranges::contiguous_range<range> && bitwise_serializable<T>) {
-      const auto left = static_cast<std::size_t>(end - it);
-      count = std::min({target, left, std::max<std::size_t>(1, opts_.max_batch_bytes / sizeof(T))});
-      rec.payload.append(std::to_address(it), count * sizeof(T));
-      it += static_cast<std::ptrdiff_t>(count);
+  // Settled jobs keep going; others stop at the first failure and report the
+  // lowest failing index seen.
+  void fail_item(std::uint64_t index, std::exception_ptr e) {
+    if constexpr (Collector::settled) {
+      collector_.set_error(static_cast<std::size_t>(index), std::move(e));
     } else {
-      try {
+      if (!item_failure_ || index < item_failure_index_) {
+        item_failure_ = std::move(e);
+        item_failure_index_ = index;
+      }
+      notify();
+    }
+  }
+
+  [[nodiscard]] bool stopping() const { return cancelled_ || failure_ || item_failure_; }
+
+  [[nodiscard]] bool all_answered() const {
+    return std::all_of(channels_.begin(), channels_.end(), [](const channel& c) { return c.held.empty(); });
+  }
+
+  // Wakes workers idling in wait_for_work so they re-check what is left.
+  void notify() {
+    if (wake_) wake_->cancel();
+  }
+
+  [[nodiscard]] bool can_send(const channel& ch) const {
+    if (ch.held.size() >= max_held_) return false;
+    return !(ch.held.size() == 1 && ch.held.front().suspect);
+  }
+
+  // Retries first, then fresh input. A suspect batch is only sent to a worker
+  // that holds nothing else, so a second death convicts it alone.
+  std::optional<batch_record> next_batch(const channel& ch) {
+    if (stopping()) return std::nullopt;
+    if (!retry_.empty()) {
+      if (retry_.front().suspect && !ch.held.empty()) return std::nullopt;
+      batch_record rec = std::move(retry_.front());
+      retry_.pop_front();
+      return rec;
+    }
+    return cut_batch();
+  }
+
+  std::optional<batch_record> cut_batch() {
+    for (;;) {
+      if (input_done_ || stopping()) return std::nullopt;
+      std::optional<std::size_t> remaining;
+      if (total_) remaining = *total_ - next_index_;
+      const std::size_t target = sizer_.next(remaining);
+      batch_record rec;
+      rec.payload = take_spare();
+      rec.first = next_index_;
+      auto& it = *it_;
+      const auto end = std::ranges::end(inputs_.get());
+      std::size_t count = 0;
+      if constexpr (std::ranges::contiguous_range<range> && bitwise_serializable<T>) {
+        const auto left = static_cast<std::size_t>(end - it);
+        count = std::min({target, left, std::max<std::size_t>(1, opts_.max_batch_bytes / sizeof(T))});
+        rec.payload.append(std::to_address(it), count * sizeof(T));
+        it += static_cast<std::ptrdiff_t>(count);
+      } else {
         while (count < target && it != end) {
-          encode_value(rec.payload, static_cast<const T&>(*it));
+          const std::size_t mark = rec.payload.size();
+          try {
+            encode_value(rec.payload, static_cast<const T&>(*it));
+          } catch (...) {
+            // Only this item fails; the batch closes before it.
+            rec.payload.truncate(mark);
+            const std::uint64_t bad = next_index_ + count;
+            const auto what = describe_current_exception();
+            fail_item(bad, std::make_exception_ptr(task_error(
+                               what.type_name, "the input could not be encoded: " + what.message,
+                               static_cast<std::size_t>(bad), ::getpid())));
+            ++it;
+            if (it == end) input_done_ = true;
+            if (count > 0) {
+              finish_cut(rec, count);
+              ++next_index_;  // past the bad item
+              return rec;
+            }
+            ++next_index_;
+            rec.first = next_index_;
+            if (stopping() || input_done_) return std::nullopt;
+            continue;
+          }
+          if constexpr (!fixed_size_items) rec.offsets.push_back(static_cast<std::uint32_t>(mark));
           ++it;
           ++count;
           if (rec.payload.size() >= opts_.max_batch_bytes) break;
         }
-      } catch (const std::exception& e) {
-        throw serialization_error("coshard: input at index " + std::to_string(next_index_ + count) +
-                                  " could not be encoded: " + e.what());
       }
+      if (it == end) input_done_ = true;
+      if (count == 0) return std::nullopt;
+      finish_cut(rec, count);
+      return rec;
     }
-    if (it == end) input_done_ = true;
-    if (count == 0) return std::nullopt;
-    (void)slot;
+  }
+
+  void finish_cut(batch_record& rec, std::size_t count) {
     rec.count = static_cast<std::uint32_t>(count);
     rec.id = next_batch_id_++;
-    next_index_ += count;
-    return rec;
+    next_index_ = rec.first + count;
+  }
+
+  [[nodiscard]] std::size_t item_offset(const batch_record& rec, std::size_t k) const {
+    if (k == rec.count) return rec.payload.size();
+    if constexpr (fixed_size_items)
+      return k * sizeof(T);
+    else
+      return rec.offsets[k];
+  }
+
+  // Items [from, to) of `rec` as a batch of their own (same encoding, no re-encode).
+  batch_record slice(const batch_record& rec, std::size_t from, std::size_t to) {
+    batch_record out;
+    out.id = next_batch_id_++;
+    out.first = rec.first + from;
+    out.count = static_cast<std::uint32_t>(to - from);
+    const std::size_t begin = item_offset(rec, from), end = item_offset(rec, to);
+    out.payload = take_spare();
+    out.payload.append(rec.payload.data() + begin, end - begin);
+    if constexpr (!fixed_size_items)
+      for (std::size_t k = from; k < to; ++k)
+        out.offsets.push_back(static_cast<std::uint32_t>(rec.offsets[k] - begin));
+    return out;
   }
 
   byte_buffer take_spare() {
@@ -218,8 +357,7 @@ class job {
   void recycle(byte_buffer b) {
     b.clear();
     b.shrink_if_above(4 * opts_.max_batch_bytes);
-    if (spare_.size() < 2 * workers_.slots().size() * opts_.batches_in_flight)
-      spare_.push_back(std::move(b));
+    if (spare_.size() < 2 * channels_.size() * opts_.batches_in_flight) spare_.push_back(std::move(b));
   }
 
   frame_header header(frame_type type) const {
@@ -229,79 +367,215 @@ class job {
     return h;
   }
 
-  // Hands the fd back without closing it when the job ends, however it ends.
+  // Hands the fd back without closing it when the incarnation ends, however it ends.
   struct socket_lease {
     socket& s;
+    channel& ch;
     ~socket_lease() {
+      ch.sock = nullptr;
+      ch.reading = false;
       asio::error_code ec;
       if (s.is_open()) s.release(ec);
     }
   };
 
-  asio::awaitable<void> serve(worker_slot& slot) {
-    socket sock(co_await asio::this_coro::executor);
-    sock.assign(asio::local::stream_protocol(), slot.fd);
-    socket_lease lease{sock};
-    std::deque<batch_record> held;
-    try {
-      frame_header start = header(frame_type::job_start);
-      start.batch = job_start_batch;
-      start.payload_size = job_start_.size();
-      co_await write_frame(sock, start, job_start_.view());
-      for (;;) {
-        while (held.size() < max_held_) {
-          std::optional<batch_record> rec;
-          try {
-            rec = cut_batch(slot);
-          } catch (...) {
-            fail(std::current_exception());
-          }
-          if (!rec) break;
-          held.push_back(std::move(*rec));
-          const batch_record& b = held.back();
-          frame_header h = header(frame_type::batch);
-          h.batch = b.id;
-          h.first_index = b.first;
-          h.count = b.count;
-          h.payload_size = b.payload.size();
-          co_await write_frame(sock, h, b.payload.view());
-        }
-        if (held.empty()) break;
-        frame_header h;
-        const auto payload = co_await slot.reader->read(sock, h);
-        if (h.job != job_id_)
-          throw serialization_error("coshard: worker pid " + std::to_string(slot.pid) +
-                                    " replied for job " + std::to_string(h.job) + " during job " +
-                                    std::to_string(job_id_));
-        if (h.batch == job_start_batch) {  // the worker could not start the job
-          handle_reply(slot, h, payload);
-          continue;
-        }
-        auto rec = std::find_if(held.begin(), held.end(), [&](auto& r) { return r.id == h.batch; });
-        if (rec == held.end() || h.first_index != rec->first || h.count != rec->count)
-          throw serialization_error("coshard: worker pid " + std::to_string(slot.pid) +
-                                    " replied to a batch it does not hold");
-        handle_reply(slot, h, payload);
-        recycle(std::move(rec->payload));
-        held.erase(rec);
+  // Serves worker slot `i` for the whole job, replacing the worker each time
+  // it dies and handing what it held back to the retry queue.
+  asio::awaitable<void> serve(std::size_t i) {
+    auto ex = co_await asio::this_coro::executor;
+    worker_slot& slot = workers_.slots()[i];
+    channel& ch = channels_[i];
+    int idle_deaths = 0;
+    for (;;) {
+      if (slot.broken) {
+        // Keep the pool at full strength even when this job needs no more of it.
+        workers_.restart(slot);
+        if (stopping() || (input_done_ && retry_.empty() && ch.held.empty())) co_return;
       }
-      co_await write_frame(sock, header(frame_type::job_end), {});
-    } catch (const std::system_error& e) {
+      std::string cause;
+      bool corrupt = false;
+      std::size_t answered = 0;
+      {
+        socket sock(ex);
+        sock.assign(asio::local::stream_protocol(), slot.fd);
+        ch.sock = &sock;
+        ch.cancel_sent = false;
+        socket_lease lease{sock, ch};
+        try {
+          co_await incarnation(i, sock, answered);
+          co_return;
+        } catch (const serialization_error& e) {
+          corrupt = true;
+          cause = e.what();
+        } catch (const std::system_error& e) {
+          cause = e.code().message();
+        }
+      }
+      // The worker is gone, or its channel can no longer be trusted.
       slot.broken = true;
-      fail(std::make_exception_ptr(lost_worker(slot, held, e.code())));
-    } catch (const serialization_error&) {
-      slot.broken = true;
-      fail(std::current_exception());
+      if (corrupt && slot.pid > 0) ::kill(slot.pid, SIGKILL);
+      const pid_t dead = slot.pid;
+      const int status = dead > 0 ? co_await reap(dead) : 0;
+      slot.pid = -1;
+      const std::string how = describe_wait_status(status) + (corrupt ? "; " + cause : "");
+      const bool held_any = !ch.held.empty();
+      requeue_lost(i, dead, status, how);
+      notify();
+      if (held_any || answered) {
+        idle_deaths = 0;
+      } else if (++idle_deaths >= 3) {
+        fail(std::make_exception_ptr(pool_error(
+            "coshard: worker slot " + std::to_string(i) + " died 3 times in a row before running "
+            "anything (last: " + how + ")")));
+        co_return;
+      }
     }
   }
 
-  void handle_reply(worker_slot& slot, const frame_header& h, std::span<const std::byte> payload) {
+  asio::awaitable<void> incarnation(std::size_t i, socket& sock, std::size_t& answered) {
+    worker_slot& slot = workers_.slots()[i];
+    channel& ch = channels_[i];
+    frame_header start = header(frame_type::job_start);
+    start.batch = job_start_batch;
+    start.payload_size = job_start_.size();
+    co_await write_frame(sock, start, job_start_.view());
+    for (;;) {
+      while (can_send(ch)) {
+        std::optional<batch_record> rec = next_batch(ch);
+        if (!rec) break;
+        ch.held.push_back(std::move(*rec));
+        const batch_record& b = ch.held.back();
+        frame_header h = header(frame_type::batch);
+        h.batch = b.id;
+        h.first_index = b.first;
+        h.count = b.count;
+        h.payload_size = b.payload.size();
+        co_await write_frame(sock, h, b.payload.view());
+      }
+      if (cancelled_ && !ch.cancel_sent) {
+        ch.cancel_sent = true;
+        co_await write_frame(sock, header(frame_type::cancel), {});
+      }
+      if (ch.held.empty()) {
+        // Another worker may still die and leave batches to retry.
+        if (!stopping() && !all_answered()) {
+          asio::error_code ec;
+          co_await wake_->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+          continue;
+        }
+        if (!stopping() && !retry_.empty()) continue;
+        break;
+      }
+      frame_header h;
+      std::span<const std::byte> payload;
+      ch.reading = true;
+      try {
+        payload = co_await slot.reader->read(sock, h);
+      } catch (const std::system_error& e) {
+        ch.reading = false;
+        if (e.code() == asio::error::operation_aborted && cancelled_) continue;
+        throw;
+      }
+      ch.reading = false;
+      if (h.job != job_id_)
+        throw serialization_error("coshard: worker pid " + std::to_string(slot.pid) +
+                                  " replied for job " + std::to_string(h.job) + " during job " +
+                                  std::to_string(job_id_));
+      if (h.batch == job_start_batch) {  // the worker could not start the job
+        handle_reply(slot, h, payload, nullptr);
+        continue;
+      }
+      auto rec = std::find_if(ch.held.begin(), ch.held.end(), [&](auto& r) { return r.id == h.batch; });
+      if (rec == ch.held.end() || h.first_index != rec->first || h.count != rec->count)
+        throw serialization_error("coshard: worker pid " + std::to_string(slot.pid) +
+                                  " replied to a batch it does not hold");
+      handle_reply(slot, h, payload, &*rec);
+      recycle(std::move(rec->payload));
+      ch.held.erase(rec);
+      ++answered;
+      if (input_done_ && retry_.empty() && all_answered()) notify();
+    }
+    co_await write_frame(sock, header(frame_type::job_end), {});
+  }
+
+  // Polls for the exit status without blocking the executor; a worker still
+  // alive after two seconds is killed.
+  static asio::awaitable<int> reap(pid_t pid) {
+    asio::steady_timer pause(co_await asio::this_coro::executor);
+    for (int waited_ms = 0;; ++waited_ms) {
+      int status = 0;
+      const pid_t r = ::waitpid(pid, &status, WNOHANG);
+      if (r == pid) co_return status;
+      if (r < 0 && errno != EINTR) co_return 0;
+      if (waited_ms == 2000) ::kill(pid, SIGKILL);
+      pause.expires_after(std::chrono::milliseconds(1));
+      asio::error_code ec;
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+
+  // Decides the fate of each batch a dead worker held: a batch held alone is
+  // convicted (split in two, or failed once a single item has crashed
+  // max_retries + 1 times); batches held together become suspects that are
+  // retried alone. An item a watchdog timed out fails with timeout_error.
+  void requeue_lost(std::size_t i, pid_t pid, int status, const std::string& how) {
+    worker_slot& slot = workers_.slots()[i];
+    channel& ch = channels_[i];
+    std::uint64_t timed_out = worker_status::none;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == timeout_exit_code && slot.status)
+      timed_out = slot.status->get()->timed_out_index.load();
+    const bool alone = ch.held.size() == 1;
+    for (batch_record& rec : ch.held) {
+      if (timed_out >= rec.first && timed_out < rec.first + rec.count) {
+        fail_item(timed_out, std::make_exception_ptr(timeout_error(
+                                 "coshard: input index " + std::to_string(timed_out) +
+                                     " ran past item_timeout + timeout_grace; its worker (pid " +
+                                     std::to_string(pid) + ") was replaced",
+                                 static_cast<std::size_t>(timed_out), pid)));
+        const std::size_t k = timed_out - rec.first;
+        if (k > 0) retry_.push_back(slice(rec, 0, k));
+        if (k + 1 < rec.count) retry_.push_back(slice(rec, k + 1, rec.count));
+        recycle(std::move(rec.payload));
+        continue;
+      }
+      if (!alone) {
+        rec.suspect = true;
+        retry_.push_back(std::move(rec));
+        continue;
+      }
+      ++rec.crashes;
+      if (rec.count > 1) {
+        batch_record a = slice(rec, 0, rec.count / 2), b = slice(rec, rec.count / 2, rec.count);
+        a.suspect = b.suspect = true;
+        retry_.push_back(std::move(a));
+        retry_.push_back(std::move(b));
+        recycle(std::move(rec.payload));
+      } else if (rec.crashes > opts_.max_retries) {
+        const int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+        const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        fail_item(rec.first, std::make_exception_ptr(worker_crashed(
+                                 static_cast<std::size_t>(rec.first), pid, sig, code, how)));
+        recycle(std::move(rec.payload));
+      } else {
+        rec.suspect = true;
+        retry_.push_back(std::move(rec));
+      }
+    }
+    ch.held.clear();
+    std::sort(retry_.begin(), retry_.end(), [](const batch_record& a, const batch_record& b) {
+      return a.first < b.first;
+    });
+  }
+
+  void handle_reply(worker_slot& slot, const frame_header& h, std::span<const std::byte> payload,
+                    batch_record* rec) {
     switch (h.type) {
       case frame_type::result:
         sizer_.observe(h.count, h.elapsed_ns);
-        if (stopping()) return;  // a failed job's late results are dropped
+        if (stopping() && !Collector::settled) return;  // a failed job's late results are dropped
+        if (cancelled_) return;
         try {
-          collector_.on_result(h, payload);
+          collector_.on_result(h, payload, slot.pid);
         } catch (const serialization_error&) {
           throw;
         } catch (...) {
@@ -310,12 +584,20 @@ class job {
         return;
       case frame_type::task_failed: {
         input_archive in(payload);
-        const auto index = decode_one<std::uint64_t>(in);
-        auto type = decode_one<std::string>(in);
-        auto what = decode_one<std::string>(in);
-        if (!task_failure_ || index < task_failure_->index())
-          task_failure_.emplace(std::move(type), std::move(what), static_cast<std::size_t>(index),
-                                slot.pid);
+        item_failure f = decode_failure(in);
+        if (f.kind == failure_kind::cancelled && cancelled_) return;
+        if (f.kind == failure_kind::undecodable) {
+          if (!rec || f.index < rec->first || f.index >= rec->first + rec->count)
+            throw serialization_error("coshard: worker pid " + std::to_string(slot.pid) +
+                                      " reported an undecodable item outside its batch");
+          // The items around the bad one were never run to completion: send them again.
+          const std::size_t k = f.index - rec->first;
+          if (k > 0) retry_.push_front(slice(*rec, 0, k));
+          if (k + 1 < rec->count) retry_.push_back(slice(*rec, k + 1, rec->count));
+          std::sort(retry_.begin(), retry_.end(),
+                    [](const batch_record& a, const batch_record& b) { return a.first < b.first; });
+        }
+        fail_item(f.index, to_exception(f, slot.pid));
         return;
       }
       case frame_type::job_failed:
@@ -330,24 +612,6 @@ class job {
     }
   }
 
-  static pool_error lost_worker(worker_slot& slot, const std::deque<batch_record>& held,
-                                std::error_code ec) {
-    std::string s = "coshard: lost worker pid " + std::to_string(slot.pid);
-    if (ec == asio::error::eof || ec == asio::error::connection_reset || ec == asio::error::broken_pipe) {
-      const int status = reap_worker(slot.pid, std::chrono::milliseconds(1000));
-      s += " (" + describe_wait_status(status) + ")";
-      slot.pid = -1;
-    } else {
-      s += " (" + ec.message() + ")";
-    }
-    if (!held.empty()) {
-      s += " while it held " + std::to_string(held.size()) + " batch(es), input indices";
-      for (auto& b : held)
-        s += " [" + std::to_string(b.first) + ", " + std::to_string(b.first + b.count) + ")";
-    }
-    return pool_error(s);
-  }
-
   worker_set& workers_;
   const pool_options& opts_;
   std::uint64_t job_id_;
@@ -356,14 +620,19 @@ class job {
   Collector collector_;
   batch_sizer sizer_;
   std::size_t max_held_;
+  std::vector<channel> channels_;
+  std::deque<batch_record> retry_;
+  std::optional<asio::steady_timer> wake_;
   std::optional<iterator> it_;
   std::optional<std::size_t> total_;
   std::size_t next_index_ = 0;
   std::uint64_t next_batch_id_ = 0;
   bool input_done_ = false;
+  bool cancelled_ = false;
   std::vector<byte_buffer> spare_;
   std::exception_ptr failure_;
-  std::optional<task_error> task_failure_;
+  std::exception_ptr item_failure_;
+  std::uint64_t item_failure_index_ = 0;
 };
 
 }  // namespace coshard::detail

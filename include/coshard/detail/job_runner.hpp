@@ -4,14 +4,20 @@
 
 #include "coshard/detail/asio_config.hpp"
 
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/cancellation_signal.hpp>
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
 #include <asio/io_context.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <list>
 #include <memory>
 #include <new>
 #include <optional>
@@ -28,12 +34,21 @@
 
 namespace coshard::detail {
 
+/// Lets the worker's watchdog thread see which plain-function item runs and
+/// until when it may (0: none running).
+struct item_watch {
+  std::atomic<std::uint64_t> index{0};
+  std::atomic<std::uint64_t> deadline_ns{0};
+};
+
 /// What a runner may ask of the worker process hosting it.
 class worker_context {
  public:
   virtual ~worker_context() = default;
   virtual asio::io_context& io() = 0;
   [[nodiscard]] virtual std::size_t concurrency() const = 0;
+  [[nodiscard]] virtual std::chrono::nanoseconds item_timeout() const = 0;
+  virtual item_watch& watch() = 0;
   /// An empty buffer, recycled from earlier replies when possible.
   virtual byte_buffer take_buffer() = 0;
   /// Queues a reply frame; never blocks and never waits for the parent.
@@ -43,8 +58,11 @@ class worker_context {
 class job_runner : public std::enable_shared_from_this<job_runner> {
  public:
   virtual ~job_runner() = default;
-  /// Runs a batch inline or starts it; the payload is valid only during the call.
+  /// Runs or starts one batch; the payload is valid only during the call.
   virtual void on_batch(const frame_header& h, std::span<const std::byte> payload) = 0;
+  /// Skips every queued item and cancels the running coroutines; each held
+  /// batch still gets its reply.
+  virtual void cancel() = 0;
 };
 
 inline std::uint64_t steady_now_ns() {
@@ -61,19 +79,43 @@ inline frame_header reply_header(const frame_header& batch, frame_type type) {
   return h;
 }
 
-inline void send_task_failed(worker_context& ctx, const frame_header& batch, std::uint64_t index,
-                             const exception_description& what) {
+/// One failed item as it travels: how it failed and what was thrown.
+struct item_failure {
+  failure_kind kind = failure_kind::threw;
+  std::uint64_t index = 0;
+  exception_description what;
+};
+
+inline void encode_failure(byte_buffer& out, const item_failure& f) {
+  encode_value(out, static_cast<std::uint8_t>(f.kind));
+  encode_value(out, f.index);
+  encode_value(out, f.what.type_name);
+  encode_value(out, f.what.message);
+}
+
+inline item_failure decode_failure(input_archive& in) {
+  item_failure f;
+  const auto kind = decode_one<std::uint8_t>(in);
+  if (kind > static_cast<std::uint8_t>(failure_kind::undecodable))
+    throw serialization_error("coshard: corrupt failure record: kind " + std::to_string(kind));
+  f.kind = static_cast<failure_kind>(kind);
+  f.index = decode_one<std::uint64_t>(in);
+  f.what.type_name = decode_one<std::string>(in);
+  f.what.message = decode_one<std::string>(in);
+  return f;
+}
+
+inline void send_task_failed(worker_context& ctx, const frame_header& batch, const item_failure& f) {
   byte_buffer out = ctx.take_buffer();
-  encode_value(out, index);
-  encode_value(out, what.type_name);
-  encode_value(out, what.message);
+  encode_failure(out, f);
   frame_header h = reply_header(batch, frame_type::task_failed);
   h.payload_size = out.size();
   ctx.send(h, std::move(out));
 }
 
-/// The static shape of a job: function, input, shared value, reducer, accumulator.
-template <class F, class T, class S, class Reduce, class Acc>
+/// The static shape of a job: function, input, shared value, reducer,
+/// accumulator, and whether every item reports its own outcome (settled).
+template <class F, class T, class S, class Reduce, class Acc, bool Settled = false>
 struct job_spec {
   using fn_type = F;
   using input_type = T;
@@ -83,6 +125,8 @@ struct job_spec {
   using traits = task_traits<F, S, T>;
   using result_type = typename traits::result_type;
   static constexpr bool is_reduce = !std::is_same_v<Reduce, no_reduce>;
+  static constexpr bool settled = Settled;
+  static_assert(!(settled && is_reduce));
 };
 
 template <class T>
@@ -96,6 +140,17 @@ T object_from_bytes(std::span<const std::byte> bytes, const char* what) {
   return *std::launder(reinterpret_cast<T*>(raw));
 }
 
+// Result records of settled jobs: tag 1 + value, or tag 0 + failure.
+template <class R>
+void encode_settled_value(byte_buffer& out, const R& value) {
+  encode_value(out, std::uint8_t{1});
+  encode_value(out, value);
+}
+inline void encode_settled_failure(byte_buffer& out, const item_failure& f) {
+  encode_value(out, std::uint8_t{0});
+  encode_failure(out, f);
+}
+
 template <class Spec>
 class task_runner final : public job_runner {
   using F = typename Spec::fn_type;
@@ -105,6 +160,7 @@ class task_runner final : public job_runner {
   using Reduce = typename Spec::reduce_type;
   using Acc = typename Spec::acc_type;
   static constexpr bool is_reduce = Spec::is_reduce;
+  static constexpr bool settled = Spec::settled;
 
  public:
   task_runner(worker_context& ctx, F fn, Reduce reduce, S shared, Acc init)
@@ -121,8 +177,28 @@ class task_runner final : public job_runner {
       run_batch_inline(h, payload);
   }
 
+  void cancel() override {
+    cancelled_ = true;
+    for (auto& lane : lanes_) lane->signal.emit(asio::cancellation_type::terminal);
+  }
+
  private:
   decltype(auto) call(T&& item) { return invoke_task(fn_, shared_, std::move(item)); }
+
+  // Encodes a value, leaving `out` as it was if encoding throws midway.
+  template <class V>
+  static void encode_or_rollback(byte_buffer& out, const V& value, bool tagged) {
+    const std::size_t mark = out.size();
+    try {
+      if (tagged)
+        encode_settled_value(out, value);
+      else
+        encode_value(out, value);
+    } catch (...) {
+      out.truncate(mark);
+      throw;
+    }
+  }
 
   // Plain functions: one pass over the payload, no coroutine frame per item.
   void run_batch_inline(const frame_header& h, std::span<const std::byte> payload) {
@@ -131,24 +207,47 @@ class task_runner final : public job_runner {
     byte_buffer out = ctx_.take_buffer();
     std::optional<Acc> acc;
     if constexpr (is_reduce) acc.emplace(init_);
+    const auto timeout = static_cast<std::uint64_t>(ctx_.item_timeout().count());
+    item_watch& watch = ctx_.watch();
     for (std::uint32_t i = 0; i < h.count; ++i) {
-      T item = decode_one<T>(in);
+      const std::uint64_t index = h.first_index + i;
+      std::optional<T> decoded;
+      try {
+        decoded.emplace(decode_one<T>(in));
+      } catch (...) {
+        // The rest of the payload cannot be located: give the batch back.
+        send_task_failed(ctx_, h, {failure_kind::undecodable, index, describe_current_exception()});
+        return;
+      }
+      T& item = *decoded;
+      if (timeout) {
+        watch.index.store(index, std::memory_order_relaxed);
+        watch.deadline_ns.store(steady_now_ns() + timeout, std::memory_order_release);
+      }
       try {
         if constexpr (is_reduce)
           *acc = reduce_(std::move(*acc), call(std::move(item)));
         else
-          encode_value(out, call(std::move(item)));
+          encode_or_rollback(out, call(std::move(item)), settled);
       } catch (...) {
-        send_task_failed(ctx_, h, h.first_index + i, describe_current_exception());
-        return;
+        watch.deadline_ns.store(0, std::memory_order_release);
+        item_failure f{failure_kind::threw, index, describe_current_exception()};
+        if constexpr (settled) {
+          encode_settled_failure(out, f);
+          continue;
+        } else {
+          send_task_failed(ctx_, h, f);
+          return;
+        }
       }
+      watch.deadline_ns.store(0, std::memory_order_release);
     }
     check_fully_consumed<T>(in, "batch");
     if constexpr (is_reduce) {
       try {
         encode_value(out, *acc);
       } catch (...) {
-        send_task_failed(ctx_, h, h.first_index, describe_current_exception());
+        send_task_failed(ctx_, h, {failure_kind::threw, h.first_index, describe_current_exception()});
         return;
       }
     }
@@ -163,10 +262,16 @@ class task_runner final : public job_runner {
     std::uint64_t started_ns = 0;
     std::vector<T> inputs;
     std::conditional_t<is_reduce, Acc, std::vector<std::optional<R>>> out;
+    std::vector<std::optional<item_failure>> failures;  // settled jobs: per item
     std::uint32_t remaining = 0;
-    bool failed = false;
-    std::uint64_t failed_index = 0;
-    exception_description failure;
+    std::optional<item_failure> first_failure;  // other jobs: lowest index
+  };
+
+  // One coroutine serving items; `signal` cancels the item it runs.
+  struct lane_state {
+    asio::cancellation_signal signal;
+    std::uint64_t item_serial = 0;  // tells a stale timeout from the current item's
+    bool timed_out = false;
   };
 
   // Awaitable functions: items of every batch held go into one queue, and at
@@ -178,12 +283,20 @@ class task_runner final : public job_runner {
     b->started_ns = steady_now_ns();
     input_archive in(payload);
     b->inputs.reserve(h.count);
-    for (std::uint32_t i = 0; i < h.count; ++i) b->inputs.push_back(decode_one<T>(in));
+    for (std::uint32_t i = 0; i < h.count; ++i) {
+      try {
+        b->inputs.push_back(decode_one<T>(in));
+      } catch (...) {
+        send_task_failed(ctx_, h, {failure_kind::undecodable, h.first_index + i, describe_current_exception()});
+        return;
+      }
+    }
     check_fully_consumed<T>(in, "batch");
     if constexpr (is_reduce)
       b->out = init_;
     else
       b->out.resize(h.count);
+    if constexpr (settled) b->failures.resize(h.count);
     b->remaining = h.count;
     if (h.count == 0) {
       finish(*b);
@@ -192,18 +305,44 @@ class task_runner final : public job_runner {
     for (std::uint32_t i = 0; i < h.count; ++i) pending_.emplace_back(b, i);
     auto self = std::static_pointer_cast<task_runner>(shared_from_this());
     // Running lanes are busy with an item each; new ones serve the new items.
-    for (std::uint32_t i = 0; i < h.count && lanes_ < ctx_.concurrency(); ++i) {
-      ++lanes_;
-      asio::co_spawn(ctx_.io(), self->lane(self), asio::detached);
+    for (std::uint32_t i = 0; i < h.count && lanes_.size() < ctx_.concurrency(); ++i) {
+      auto lane_it = lanes_.insert(lanes_.end(), std::make_shared<lane_state>());
+      asio::co_spawn(ctx_.io(), self->lane(self, lane_it),
+                     asio::bind_cancellation_slot((*lane_it)->signal.slot(), asio::detached));
     }
   }
 
-  // The (unnamed) pointer parameter keeps the runner alive while a lane runs.
-  asio::awaitable<void> lane(std::shared_ptr<task_runner>) {
+  void record_failure(batch_state& b, std::uint32_t i, item_failure f) {
+    if constexpr (settled) {
+      b.failures[i] = std::move(f);
+    } else {
+      if (!b.first_failure || f.index < b.first_failure->index) b.first_failure = std::move(f);
+    }
+  }
+
+  // The (unnamed) runner pointer keeps the runner alive while a lane runs.
+  asio::awaitable<void> lane(std::shared_ptr<task_runner>,
+                             typename std::list<std::shared_ptr<lane_state>>::iterator me) {
+    std::shared_ptr<lane_state> ls = *me;
+    const auto timeout = ctx_.item_timeout();
     while (!pending_.empty()) {
       auto [b, i] = std::move(pending_.front());
       pending_.pop_front();
-      if (!b->failed) {
+      const std::uint64_t index = b->header.first_index + i;
+      if (cancelled_) {
+        record_failure(*b, i, {failure_kind::cancelled, index, {"coshard::cancelled", "job cancelled"}});
+      } else if (settled || !b->first_failure) {
+        const std::uint64_t serial = ++ls->item_serial;
+        ls->timed_out = false;
+        std::optional<asio::steady_timer> timer;
+        if (timeout.count() > 0) {
+          timer.emplace(ctx_.io(), timeout);
+          timer->async_wait([ls, serial](const asio::error_code& ec) {
+            if (ec || ls->item_serial != serial) return;
+            ls->timed_out = true;
+            ls->signal.emit(asio::cancellation_type::terminal);
+          });
+        }
         try {
           R r = co_await call(std::move(b->inputs[i]));
           if constexpr (is_reduce)
@@ -211,33 +350,55 @@ class task_runner final : public job_runner {
           else
             b->out[i].emplace(std::move(r));
         } catch (...) {
-          const std::uint64_t index = b->header.first_index + i;
-          if (!b->failed || index < b->failed_index) {
-            b->failed_index = index;
-            b->failure = describe_current_exception();
-          }
-          b->failed = true;
+          item_failure f{failure_kind::threw, index, describe_current_exception()};
+          if (ls->timed_out)
+            f = {failure_kind::timed_out, index, {"coshard::timeout_error", "item timed out"}};
+          else if (cancelled_)
+            f = {failure_kind::cancelled, index, {"coshard::cancelled", "job cancelled"}};
+          record_failure(*b, i, std::move(f));
         }
+        ++ls->item_serial;  // a timer that fires from now on is stale
+        if (timer) timer->cancel();
+        co_await asio::this_coro::reset_cancellation_state();
       }
       if (--b->remaining == 0) finish(*b);
     }
-    --lanes_;
+    lanes_.erase(me);
   }
 
   void finish(batch_state& b) {
-    if (b.failed) {
-      send_task_failed(ctx_, b.header, b.failed_index, b.failure);
-      return;
+    if constexpr (!settled) {
+      if (b.first_failure) {
+        send_task_failed(ctx_, b.header, *b.first_failure);
+        return;
+      }
     }
     byte_buffer out = ctx_.take_buffer();
     std::uint32_t i = 0;
     try {
-      if constexpr (is_reduce)
+      if constexpr (is_reduce) {
         encode_value(out, b.out);
-      else
-        for (; i < b.header.count; ++i) encode_value(out, *b.out[i]);
+      } else {
+        for (; i < b.header.count; ++i) {
+          if constexpr (settled) {
+            if (b.failures[i]) {
+              encode_settled_failure(out, *b.failures[i]);
+              continue;
+            }
+            try {
+              encode_or_rollback(out, *b.out[i], true);
+            } catch (...) {
+              encode_settled_failure(
+                  out, {failure_kind::threw, b.header.first_index + i, describe_current_exception()});
+            }
+          } else {
+            encode_value(out, *b.out[i]);
+          }
+        }
+      }
     } catch (...) {
-      send_task_failed(ctx_, b.header, b.header.first_index + i, describe_current_exception());
+      send_task_failed(ctx_, b.header,
+                       {failure_kind::threw, b.header.first_index + i, describe_current_exception()});
       return;
     }
     frame_header reply = reply_header(b.header, frame_type::result);
@@ -252,7 +413,8 @@ class task_runner final : public job_runner {
   S shared_;
   Acc init_;
   std::deque<std::pair<std::shared_ptr<batch_state>, std::uint32_t>> pending_;
-  std::size_t lanes_ = 0;
+  std::list<std::shared_ptr<lane_state>> lanes_;
+  bool cancelled_ = false;
 };
 
 /// The registered entry point of one job shape. Referencing `entry<Spec>::id`

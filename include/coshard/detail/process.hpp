@@ -36,6 +36,10 @@ struct spawned_worker {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != parent) ::_exit(0);
   for (int other : inherited_fds) ::close(other);
+  // Crash handlers installed by the parent (test frameworks, crash reporters)
+  // belong to the parent: a worker that faults just dies, and the parent reports it.
+  for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTERM, SIGINT})
+    ::signal(sig, SIG_DFL);
   ::signal(SIGPIPE, SIG_IGN);
   int code = 3;
   try {

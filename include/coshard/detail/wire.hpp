@@ -14,9 +14,10 @@ enum class frame_type : std::uint8_t {
   job_start = 1,  // payload: entry id, function bytes, shared value, reduce init
   batch = 2,      // payload: `count` encoded inputs starting at `first_index`
   job_end = 3,    // no payload: the worker drops the job's state
+  cancel = 4,     // no payload: skip queued items, cancel running coroutines
   // worker -> parent
   result = 10,       // payload: `count` encoded results, or one partial for reduce jobs
-  task_failed = 11,  // payload: failing index, exception type name, what()
+  task_failed = 11,  // payload: item_failure (the batch's first failing item)
   job_failed = 12,   // payload: message; the job cannot run in this worker at all
 };
 
@@ -44,6 +45,7 @@ inline bool known_frame_type(frame_type t) {
     case frame_type::job_start:
     case frame_type::batch:
     case frame_type::job_end:
+    case frame_type::cancel:
     case frame_type::result:
     case frame_type::task_failed:
     case frame_type::job_failed:
@@ -64,5 +66,17 @@ inline void validate_header(const frame_header& h, std::uint64_t max_frame_bytes
                               " bytes exceeds max_frame_bytes (" + std::to_string(max_frame_bytes) +
                               ")");
 }
+
+/// How an item failed inside a worker.
+enum class failure_kind : std::uint8_t {
+  threw = 0,      // the task threw
+  timed_out = 1,  // an awaitable task was cancelled at pool_options::item_timeout
+  cancelled = 2,  // the job was cancelled before or while the item ran
+  undecodable = 3,  // the item's input could not be decoded: the batch's other items go back
+};
+
+/// Exit code of a worker whose watchdog found a plain function stuck past
+/// item_timeout + timeout_grace (the convention of timeout(1)).
+inline constexpr int timeout_exit_code = 124;
 
 }  // namespace coshard::detail

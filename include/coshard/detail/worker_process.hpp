@@ -11,10 +11,15 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
+#include <unistd.h>
+
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <deque>
 #include <memory>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -23,9 +28,19 @@
 
 namespace coshard::detail {
 
+/// A page shared between the parent and one worker, written by the worker
+/// just before it exits on its own (so the parent learns why).
+struct worker_status {
+  static constexpr std::uint64_t none = ~std::uint64_t{0};
+  std::atomic<std::uint64_t> timed_out_index{none};
+};
+
 struct worker_settings {
   std::size_t concurrency = 64;
   std::uint64_t max_frame_bytes = 1ull << 30;
+  std::chrono::nanoseconds item_timeout{0};
+  std::chrono::nanoseconds timeout_grace{0};
+  worker_status* status = nullptr;
 };
 
 class worker_process final : public worker_context {
@@ -36,6 +51,7 @@ class worker_process final : public worker_context {
   /// Serves frames until the parent closes the channel. Returns the process
   /// exit code: 0 on a clean EOF, non-zero after a protocol error.
   int run() {
+    if (settings_.item_timeout.count() > 0) start_watchdog();
     int code = 0;
     asio::co_spawn(io_, read_loop(), [&](std::exception_ptr e) {
       if (e) code = report(e);
@@ -45,8 +61,17 @@ class worker_process final : public worker_context {
     return code;
   }
 
+  ~worker_process() override {
+    if (watchdog_.joinable()) {
+      stop_watchdog_.store(true);
+      watchdog_.join();
+    }
+  }
+
   asio::io_context& io() override { return io_; }
   [[nodiscard]] std::size_t concurrency() const override { return settings_.concurrency; }
+  [[nodiscard]] std::chrono::nanoseconds item_timeout() const override { return settings_.item_timeout; }
+  item_watch& watch() override { return watch_; }
 
   byte_buffer take_buffer() override {
     if (spare_.empty()) return {};
@@ -69,6 +94,26 @@ class worker_process final : public worker_context {
   }
 
  private:
+  // A plain function stuck in CPU work blocks the event loop, so only a
+  // second thread can notice. It ends the process; the parent reads the item's
+  // index from the shared status page and fails that item with timeout_error.
+  void start_watchdog() {
+    watchdog_ = std::thread([this] {
+      const auto grace = static_cast<std::uint64_t>(settings_.timeout_grace.count());
+      while (!stop_watchdog_.load()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        const std::uint64_t deadline = watch_.deadline_ns.load(std::memory_order_acquire);
+        if (deadline == 0 || steady_now_ns() < deadline + grace) continue;
+        if (settings_.status)
+          settings_.status->timed_out_index.store(watch_.index.load(std::memory_order_relaxed));
+        std::fprintf(stderr, "coshard worker %d: input index %llu exceeded item_timeout; exiting\n",
+                     static_cast<int>(::getpid()),
+                     static_cast<unsigned long long>(watch_.index.load()));
+        ::_exit(timeout_exit_code);
+      }
+    });
+  }
+
   static int report(std::exception_ptr e) {
     try {
       std::rethrow_exception(e);
@@ -116,6 +161,9 @@ class worker_process final : public worker_context {
         return;
       case frame_type::job_end:
         runner_.reset();
+        return;
+      case frame_type::cancel:
+        if (runner_ && h.job == job_) runner_->cancel();
         return;
       default:
         throw serialization_error("coshard: unexpected frame type " +
@@ -174,6 +222,9 @@ class worker_process final : public worker_context {
   bool writing_ = false;
   std::shared_ptr<job_runner> runner_;
   std::uint64_t job_ = 0;
+  item_watch watch_;
+  std::thread watchdog_;
+  std::atomic<bool> stop_watchdog_{false};
 };
 
 }  // namespace coshard::detail

@@ -1,10 +1,12 @@
 // coshard/detail/worker_set.hpp - the parent's view of its worker processes.
 #pragma once
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <memory>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -14,9 +16,29 @@
 
 namespace coshard::detail {
 
+// An anonymous shared page: survives fork, so parent and worker see it both.
+class shared_status_page {
+ public:
+  shared_status_page() {
+    void* p = ::mmap(nullptr, sizeof(worker_status), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                     -1, 0);
+    if (p == MAP_FAILED) throw pool_error("coshard: mmap of a worker status page failed");
+    status_ = new (p) worker_status;
+  }
+  shared_status_page(const shared_status_page&) = delete;
+  shared_status_page& operator=(const shared_status_page&) = delete;
+  ~shared_status_page() { ::munmap(status_, sizeof(worker_status)); }
+  [[nodiscard]] worker_status* get() const noexcept { return status_; }
+
+ private:
+  worker_status* status_;
+};
+
 struct worker_slot {
   pid_t pid = -1;
   int fd = -1;
+  /// Written by the worker before it exits on its own (e.g. its watchdog).
+  std::unique_ptr<shared_status_page> status;
   /// Set when the channel can no longer be trusted (EOF, corrupt frame): the
   /// worker is killed and replaced before the next job.
   bool broken = false;
@@ -43,6 +65,12 @@ class worker_set {
   [[nodiscard]] std::vector<worker_slot>& slots() noexcept { return slots_; }
   [[nodiscard]] const std::vector<worker_slot>& slots() const noexcept { return slots_; }
   [[nodiscard]] const pool_options& options() const noexcept { return opts_; }
+
+  /// Replaces the worker of `s` (killing and reaping it first if it still runs).
+  void restart(worker_slot& s) {
+    stop(s, std::chrono::milliseconds(0));
+    start(s);
+  }
 
   /// Kills and replaces every worker whose channel broke in an earlier job.
   void replace_broken() {
@@ -72,15 +100,18 @@ class worker_set {
   }
 
  private:
-  worker_settings settings() const {
-    return {opts_.concurrency, opts_.max_frame_bytes};
+  worker_settings settings(worker_slot& s) const {
+    return {opts_.concurrency, opts_.max_frame_bytes, opts_.item_timeout, opts_.timeout_grace,
+            s.status->get()};
   }
 
   void start(worker_slot& s) {
     std::vector<int> others;
     for (auto& o : slots_)
       if (&o != &s && o.fd >= 0) others.push_back(o.fd);
-    auto w = spawn_worker(settings(), others);
+    if (!s.status) s.status = std::make_unique<shared_status_page>();
+    s.status->get()->timed_out_index.store(worker_status::none);
+    auto w = spawn_worker(settings(s), others);
     s.pid = w.pid;
     s.fd = w.fd;
     s.broken = false;

@@ -1,0 +1,342 @@
+// Fault tests of coshard/process_pool.hpp: worker deaths, poison items,
+// errors at every stage of an item's trip, timeouts and cancellation. Ported
+// from the scenarios of CPython's test_concurrent_futures (test_deadlock,
+// test_process_pool, test_shutdown) and loky's test_reusable_executor. Every
+// test ends by checking that no child process and no descriptor is left.
+#include "coshard/process_pool.hpp"
+
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/bind_executor.hpp>
+#include <asio/cancellation_signal.hpp>
+#include <asio/steady_timer.hpp>
+#include <catch2/catch.hpp>
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "test_support.hpp"
+
+using namespace std::chrono_literals;
+using coshard_test::child_pids;
+
+namespace {
+
+template <class Body>
+void with_pool(coshard::pool_options opts, Body body) {
+  coshard_test::fd_baseline fds;
+  {
+    coshard::process_pool pool{opts};
+    body(pool);
+  }
+  CHECK(child_pids().empty());
+  CHECK(fds.leaked() == 0);
+}
+
+std::vector<long> iota_vector(long n) {
+  std::vector<long> v(static_cast<std::size_t>(n));
+  std::iota(v.begin(), v.end(), 0L);
+  return v;
+}
+
+// What a `touchy` input or result does when it crosses a process boundary.
+enum class trap : int { none, throw_on_save, throw_on_load, abort_on_load, exit_on_load };
+
+struct touchy {
+  long value = 0;
+  trap what = trap::none;
+  template <class Archive>
+  void save(Archive& ar) const {
+    if (what == trap::throw_on_save) throw std::runtime_error("cannot save " + std::to_string(value));
+    ar(value, what);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(value, what);
+    if (what == trap::throw_on_load) throw std::runtime_error("cannot load " + std::to_string(value));
+    if (what == trap::abort_on_load) std::abort();
+    if (what == trap::exit_on_load) ::_exit(7);
+  }
+};
+
+std::vector<touchy> touchy_inputs(long n, long bad, trap t) {
+  std::vector<touchy> v;
+  for (long i = 0; i < n; ++i) v.push_back({i, i == bad ? t : trap::none});
+  return v;
+}
+
+long expected_sum(long n) { return n * (n - 1) / 2; }
+
+int crash_mode = 0;  // a signal, or 1000 + an exit code
+
+}  // namespace
+
+TEST_CASE("a crash inside the function fails only that item, named by signal or exit code") {
+  struct crash_case {
+    const char* name;
+    int signal;
+    int exit_code;
+  };
+  const auto c = GENERATE(crash_case{"segfault", SIGSEGV, -1}, crash_case{"abort", SIGABRT, -1},
+                          crash_case{"_exit(3)", 0, 3}, crash_case{"SIGKILL", SIGKILL, -1});
+  INFO(c.name);
+  crash_mode = c.signal ? c.signal : 1000 + c.exit_code;  // before the pool forks its workers
+  with_pool({.workers = 2, .batch_size = 64, .max_retries = 1}, [&](coshard::process_pool& pool) {
+    auto results = pool.map_settled(iota_vector(1000), [](long x) {
+      if (x == 321) {
+        if (crash_mode >= 1000) ::_exit(crash_mode - 1000);
+        ::signal(crash_mode, SIG_DFL);
+        ::raise(crash_mode);
+      }
+      return x * 2;
+    });
+    REQUIRE(results.size() == 1000);
+    for (long i = 0; i < 1000; ++i) {
+      if (i == 321) continue;
+      REQUIRE(results[static_cast<std::size_t>(i)].ok());
+      REQUIRE(results[static_cast<std::size_t>(i)].value() == 2 * i);
+    }
+    REQUIRE_FALSE(results[321].ok());
+    try {
+      std::rethrow_exception(results[321].error());
+    } catch (const coshard::worker_crashed& e) {
+      CHECK(e.index() == 321);
+      CHECK(e.term_signal() == c.signal);
+      CHECK(e.exit_code() == c.exit_code);
+    }
+    // Crashes cost workers, not the pool.
+    CHECK(child_pids().size() == 2);
+    CHECK(pool.map_reduce(iota_vector(100), [](long x) { return x; }, std::plus<>{}, 0L) == 4950);
+  });
+}
+
+TEST_CASE("map raises the first failure by input order; map_settled keeps every success") {
+  with_pool({.workers = 2, .batch_size = 8}, [](coshard::process_pool& pool) {
+    auto fn = [](long x) {
+      if (x % 100 == 37) throw std::domain_error("bad " + std::to_string(x));
+      return x;
+    };
+    try {
+      (void)pool.map(iota_vector(1000), fn);
+      FAIL("no exception");
+    } catch (const coshard::task_error& e) {
+      CHECK(e.index() % 100 == 37);
+      CHECK(e.type_name() == "std::domain_error");
+    }
+    auto settled = pool.map_settled(iota_vector(1000), fn);
+    int failed = 0;
+    for (std::size_t i = 0; i < settled.size(); ++i) {
+      if (i % 100 == 37) {
+        ++failed;
+        CHECK_THROWS_WITH(settled[i].value(), Catch::Contains("bad " + std::to_string(i)));
+      } else {
+        REQUIRE(settled[i].value() == static_cast<long>(i));
+      }
+    }
+    CHECK(failed == 10);
+  });
+}
+
+TEST_CASE("errors at input encode, input decode and result encode fail only their item") {
+  with_pool({.workers = 2, .batch_size = 16}, [](coshard::process_pool& pool) {
+    auto id = [](touchy t) { return t.value; };
+    SECTION("100 unencodable inputs, then 100 good ones") {
+      std::vector<touchy> in;
+      for (long i = 0; i < 200; ++i) in.push_back({i, i < 100 ? trap::throw_on_save : trap::none});
+      auto out = pool.map_settled(in, id);
+      REQUIRE(out.size() == 200);
+      for (long i = 0; i < 100; ++i)
+        CHECK_THROWS_WITH(out[static_cast<std::size_t>(i)].value(), Catch::Contains("could not be encoded"));
+      for (long i = 100; i < 200; ++i) CHECK(out[static_cast<std::size_t>(i)].value() == i);
+    }
+    SECTION("an input whose decoding throws in the worker") {
+      auto out = pool.map_settled(touchy_inputs(200, 77, trap::throw_on_load), id);
+      for (long i = 0; i < 200; ++i) {
+        if (i == 77)
+          CHECK_THROWS_WITH(out[77].value(), Catch::Contains("cannot load 77"));
+        else
+          CHECK(out[static_cast<std::size_t>(i)].value() == i);
+      }
+    }
+    SECTION("an input whose decoding aborts or exits the worker") {
+      const auto t = GENERATE(trap::abort_on_load, trap::exit_on_load);
+      auto out = pool.map_settled(touchy_inputs(100, 42, t), id);
+      for (long i = 0; i < 100; ++i)
+        if (i != 42) CHECK(out[static_cast<std::size_t>(i)].value() == i);
+      CHECK_THROWS_AS(out[42].value(), coshard::worker_crashed);
+    }
+    SECTION("a result that cannot be encoded") {
+      auto out = pool.map_settled(iota_vector(100), [](long x) {
+        return touchy{x, x == 13 ? trap::throw_on_save : trap::none};
+      });
+      for (long i = 0; i < 100; ++i) {
+        if (i == 13)
+          CHECK_THROWS_WITH(out[13].value(), Catch::Contains("cannot save 13"));
+        else
+          CHECK(out[static_cast<std::size_t>(i)].value().value == i);
+      }
+    }
+  });
+}
+
+TEST_CASE("a worker SIGKILLed from outside mid-task: its batches are retried, nothing lost or doubled") {
+  const int victims = GENERATE(1, 2);
+  INFO(victims << " worker(s) killed at once");
+  with_pool({.workers = 3, .concurrency = 4, .batch_size = 4}, [&](coshard::process_pool& pool) {
+    const auto pids = pool.worker_pids();
+    // 600 items of 20 ms, 12 at a time: the job lasts about a second.
+    std::thread killer([&] {
+      std::this_thread::sleep_for(300ms);
+      for (int v = 0; v < victims; ++v) ::kill(pids[static_cast<std::size_t>(v)], SIGKILL);
+    });
+    const long sum = pool.map_reduce(iota_vector(600), [](long x) -> asio::awaitable<long> {
+      asio::steady_timer t(co_await asio::this_coro::executor, 20ms);
+      co_await t.async_wait(asio::use_awaitable);
+      co_return x;
+    }, std::plus<>{}, 0L);
+    killer.join();
+    CHECK(sum == expected_sum(600));
+    const auto now = pool.worker_pids();
+    for (int v = 0; v < victims; ++v)
+      CHECK(std::find(now.begin(), now.end(), pids[static_cast<std::size_t>(v)]) == now.end());
+  });
+}
+
+// Set before a pool is created, so that its forked workers see it.
+char first_attempt_marker[128];
+
+TEST_CASE("a worker that dies while a pipe-sized batch is being written to it") {
+  std::snprintf(first_attempt_marker, sizeof first_attempt_marker, "/tmp/coshard-test-%d-marker",
+                static_cast<int>(::getpid()));
+  ::unlink(first_attempt_marker);
+  with_pool({.workers = 2, .batch_size = 4}, [](coshard::process_pool& pool) {
+    std::vector<std::string> big;
+    for (int i = 0; i < 40; ++i) big.push_back(std::string(std::size_t{1} << 20, static_cast<char>('a' + i % 26)));
+    // The first attempt at item 5 kills its worker at once, while the parent
+    // is still writing 4 MB batches to it (larger than the socket buffer):
+    // the write fails with EPIPE (never SIGPIPE) and the batches are retried.
+    auto sizes = pool.map(big, [](const std::string& s) {
+      if (s[0] == 'f') {
+        const int fd = ::open(first_attempt_marker, O_CREAT | O_EXCL | O_WRONLY, 0600);
+        if (fd >= 0) ::raise(SIGKILL);
+      }
+      return s.size() + static_cast<std::size_t>(s[0] - 'a');
+    });
+    REQUIRE(sizes.size() == 40);
+    for (std::size_t i = 0; i < 40; ++i) CHECK(sizes[i] == (std::size_t{1} << 20) + i % 26);
+  });
+  CHECK(::unlink(first_attempt_marker) == 0);  // the crash really happened
+}
+
+TEST_CASE("chaos: map_reduce over 10^5 items while workers are SIGKILLed at random gives the exact answer") {
+  with_pool({.workers = 2, .batch_size = 500}, [](coshard::process_pool& pool) {
+    std::atomic<bool> done{false};
+    std::atomic<int> kills{0};
+    std::thread chaos([&] {
+      std::mt19937 rng(12345);
+      while (!done.load()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 100));
+        if (done.load()) break;
+        const auto pids = pool.worker_pids();
+        const pid_t victim = pids[rng() % pids.size()];
+        if (victim > 0 && ::kill(victim, SIGKILL) == 0) ++kills;
+      }
+    });
+    const long sum = pool.map_reduce(iota_vector(100'000), [](long x) {
+      long spin = x;
+      for (int i = 0; i < 40'000; ++i) spin = spin * 31 + i;  // ~40 us: the job lasts seconds
+      asm volatile("" : : "r"(spin));
+      return x % 1000;
+    }, std::plus<>{}, 0L);
+    done = true;
+    chaos.join();
+    long want = 0;
+    for (long x = 0; x < 100'000; ++x) want += x % 1000;
+    CHECK(sum == want);
+    WARN(kills.load() << " workers killed during the job");
+    CHECK(kills.load() >= 3);
+  });
+}
+
+TEST_CASE("item_timeout cancels a slow awaitable item and kills a stuck plain one") {
+  with_pool({.workers = 2, .item_timeout = 200ms, .timeout_grace = 300ms}, [](coshard::process_pool& pool) {
+    SECTION("awaitable: cancelled through Asio at the timeout") {
+      const auto t0 = std::chrono::steady_clock::now();
+      auto out = pool.map_settled(iota_vector(50), [](long x) -> asio::awaitable<long> {
+        asio::steady_timer t(co_await asio::this_coro::executor, x == 7 ? 60s : 1ms);
+        co_await t.async_wait(asio::use_awaitable);
+        co_return x;
+      });
+      CHECK(std::chrono::steady_clock::now() - t0 < 30s);
+      CHECK_THROWS_AS(out[7].value(), coshard::timeout_error);
+      for (long i = 0; i < 50; ++i)
+        if (i != 7) CHECK(out[static_cast<std::size_t>(i)].value() == i);
+    }
+    SECTION("plain function stuck in CPU work: worker replaced, item failed") {
+      const auto pids = pool.worker_pids();
+      auto out = pool.map_settled(iota_vector(50), [](long x) {
+        if (x == 9)
+          for (volatile bool forever = true; forever;) {
+          }
+        return x;
+      });
+      REQUIRE(out.size() == 50);
+      try {
+        std::rethrow_exception(out[9].error());
+      } catch (const coshard::timeout_error& e) {
+        CHECK(e.index() == 9);
+      }
+      for (long i = 0; i < 50; ++i)
+        if (i != 9) CHECK(out[static_cast<std::size_t>(i)].value() == i);
+      CHECK(pool.worker_pids() != pids);
+    }
+  });
+}
+
+TEST_CASE("cancelling a running job completes it with operation_aborted; the pool stays usable") {
+  with_pool({.workers = 2, .concurrency = 8}, [](coshard::process_pool& pool) {
+    auto slow = [](long x) -> asio::awaitable<long> {
+      asio::steady_timer t(co_await asio::this_coro::executor, 30s);
+      co_await t.async_wait(asio::use_awaitable);
+      co_return x;
+    };
+    SECTION("through the completion handler's cancellation slot") {
+      asio::io_context io;
+      asio::cancellation_signal stop;
+      std::exception_ptr error;
+      pool.async_map(iota_vector(10'000), slow,
+                     asio::bind_cancellation_slot(stop.slot(), asio::bind_executor(io, [&](std::exception_ptr e, std::vector<long>) {
+                       error = e;
+                     })));
+      asio::steady_timer later(io, 100ms);
+      later.async_wait([&](asio::error_code) { stop.emit(asio::cancellation_type::terminal); });
+      const auto t0 = std::chrono::steady_clock::now();
+      io.run();
+      CHECK(std::chrono::steady_clock::now() - t0 < 10s);
+      REQUIRE(error);
+      try {
+        std::rethrow_exception(error);
+      } catch (const std::system_error& e) {
+        CHECK(e.code() == asio::error::operation_aborted);
+      }
+    }
+    SECTION("pool.cancel() from another thread stops a blocking call") {
+      std::thread canceller([&] {
+        std::this_thread::sleep_for(100ms);
+        pool.cancel();
+      });
+      CHECK_THROWS_AS(pool.map(iota_vector(10'000), slow), std::system_error);
+      canceller.join();
+    }
+    CHECK(pool.map(iota_vector(10), [](long x) { return x; }).back() == 9);
+    CHECK(child_pids().size() == 2);
+  });
+}
