@@ -504,6 +504,9 @@ TEST_CASE("a worker refuses an entry id it does not know, by name, without crash
     coshard::detail::worker_process w(sv[1], {});
     exit_code = w.run();
   });
+  coshard::detail::frame_header ready;
+  REQUIRE(::recv(sv[0], &ready, sizeof ready, MSG_WAITALL) == static_cast<ssize_t>(sizeof ready));
+  REQUIRE(ready.type == coshard::detail::frame_type::worker_ready);
   coshard::detail::byte_buffer payload;
   coshard::detail::encode_value(payload, std::uint64_t{0xdeadbeef});  // no such entry
   for (int part = 0; part < 4; ++part) coshard::detail::encode_value(payload, std::uint64_t{0});

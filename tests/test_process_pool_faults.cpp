@@ -12,12 +12,16 @@
 #include <catch2/catch.hpp>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <map>
 #include <numeric>
 #include <random>
 #include <string>
@@ -339,4 +343,164 @@ TEST_CASE("cancelling a running job completes it with operation_aborted; the poo
     CHECK(pool.map(iota_vector(10), [](long x) { return x; }).back() == 9);
     CHECK(child_pids().size() == 2);
   });
+}
+
+// ---------------------------------------------------------------------------
+// Worker lifecycle: initializers, recycling, memory cap, shutdown.
+// ---------------------------------------------------------------------------
+
+int initialized_in = 0;  // set by the initializer, in each worker
+std::vector<char>* leaked = nullptr;
+
+TEST_CASE("the initializer runs once in every worker before any task, also as a coroutine") {
+  with_pool({.workers = 2,
+             .initializer = [] { initialized_in = ::getpid(); },
+             .async_initializer = []() -> asio::awaitable<void> {
+               asio::steady_timer t(co_await asio::this_coro::executor, 5ms);
+               co_await t.async_wait(asio::use_awaitable);
+               initialized_in = -initialized_in;  // proves it ran after the plain one
+             }},
+            [](coshard::process_pool& pool) {
+              auto seen = pool.map(iota_vector(200), [](long) -> asio::awaitable<std::pair<int, int>> {
+                asio::steady_timer t(co_await asio::this_coro::executor, 1ms);
+                co_await t.async_wait(asio::use_awaitable);
+                co_return std::pair<int, int>{initialized_in, ::getpid()};
+              });
+              for (auto& [init, pid] : seen) REQUIRE(init == -pid);
+              CHECK(initialized_in == 0);  // the parent never ran it
+            });
+}
+
+TEST_CASE("a failing initializer is a clear pool_error from the constructor, no hang, no child") {
+  coshard_test::fd_baseline fds;
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_THROWS_WITH(coshard::process_pool({.workers = 3,
+                                           .initializer = [] { throw std::runtime_error("db unreachable"); }}),
+                    Catch::Contains("initializer threw std::runtime_error: db unreachable"));
+  CHECK_THROWS_WITH(coshard::process_pool({.workers = 1, .initializer = [] { ::_exit(9); }}),
+                    Catch::Contains("exited during startup (exited with code 9)"));
+  CHECK(std::chrono::steady_clock::now() - t0 < 10s);
+  CHECK(child_pids().empty());
+  CHECK(fds.leaked() == 0);
+}
+
+TEST_CASE("max_items_per_worker recycles workers under a backlog") {
+  struct shape {
+    std::size_t workers, limit;
+    long items;
+  };
+  const auto c = GENERATE(shape{1, 2, 6}, shape{2, 2, 8}, shape{2, 3, 50});
+  INFO("workers " << c.workers << ", limit " << c.limit << ", items " << c.items);
+  with_pool({.workers = c.workers, .max_items_per_worker = c.limit}, [&](coshard::process_pool& pool) {
+    auto pids = pool.map(iota_vector(c.items), [](long) -> asio::awaitable<pid_t> {
+      asio::steady_timer t(co_await asio::this_coro::executor, 2ms);
+      co_await t.async_wait(asio::use_awaitable);
+      co_return ::getpid();
+    });
+    std::map<pid_t, std::size_t> per_worker;
+    for (pid_t p : pids) ++per_worker[p];
+    for (auto& [pid, n] : per_worker) CHECK(n <= c.limit);
+    CHECK(per_worker.size() >= static_cast<std::size_t>(c.items) / c.limit);
+    CHECK(child_pids().size() == c.workers);
+  });
+}
+
+TEST_CASE("a leaking task's worker is retired by max_worker_rss_bytes and replaced") {
+  with_pool({.workers = 1, .batch_size = 1, .max_worker_rss_bytes = std::size_t{96} << 20},
+            [](coshard::process_pool& pool) {
+              auto pids = pool.map(iota_vector(20), [](long) {
+                // Leaks 16 MB per item, touched so that it is resident.
+                auto* block = new std::vector<char>(std::size_t{16} << 20, 1);
+                block->back() = 2;
+                leaked = block;
+                return ::getpid();
+              });
+              std::map<pid_t, int> per_worker;
+              for (pid_t p : pids) ++per_worker[p];
+              CHECK(per_worker.size() >= 3);  // 20 x 16 MB through a 96 MB cap
+              for (auto& [pid, n] : per_worker) CHECK(n <= 7);
+            });
+}
+
+TEST_CASE("shutdown with queued work is bounded, graceful or forced, and leaves no child") {
+  const auto mode = GENERATE(coshard::shutdown_mode::graceful, coshard::shutdown_mode::forced);
+  coshard_test::fd_baseline fds;
+  {
+    coshard::process_pool pool{{.workers = 2, .concurrency = 4, .shutdown_timeout = 1500ms}};
+    std::exception_ptr job_error;
+    std::thread caller([&] {
+      try {
+        (void)pool.map(iota_vector(100'000), [](long x) -> asio::awaitable<long> {
+          asio::steady_timer t(co_await asio::this_coro::executor, 50ms);
+          co_await t.async_wait(asio::use_awaitable);
+          co_return x;
+        });
+      } catch (...) {
+        job_error = std::current_exception();
+      }
+    });
+    std::this_thread::sleep_for(200ms);
+    const auto t0 = std::chrono::steady_clock::now();
+    pool.shutdown(mode);
+    CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+    caller.join();
+    CHECK(job_error);
+    CHECK(child_pids().empty());
+    CHECK_THROWS_WITH(pool.map(iota_vector(3), [](long x) { return x; }), Catch::Contains("shut down"));
+  }
+  CHECK(child_pids().empty());
+  CHECK(fds.leaked() == 0);
+}
+
+TEST_CASE("graceful shutdown escalates when a plain function never returns") {
+  coshard::process_pool pool{{.workers = 1, .shutdown_timeout = 300ms}};
+  std::thread caller([&] {
+    try {
+      (void)pool.map(iota_vector(4), [](long x) {
+        for (volatile bool forever = true; forever;) {
+        }
+        return x;
+      });
+    } catch (...) {
+    }
+  });
+  std::this_thread::sleep_for(100ms);
+  const auto t0 = std::chrono::steady_clock::now();
+  pool.shutdown();
+  CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+  caller.join();
+  CHECK(child_pids().empty());
+}
+
+TEST_CASE("workers die with their parent, even when it is SIGKILLed") {
+  int report[2];
+  REQUIRE(::pipe(report) == 0);
+  const pid_t parent = ::fork();
+  REQUIRE(parent >= 0);
+  if (parent == 0) {
+    ::close(report[0]);
+    coshard::process_pool pool{{.workers = 3}};
+    auto pids = pool.worker_pids();
+    (void)!::write(report[1], pids.data(), pids.size() * sizeof(pid_t));
+    ::pause();  // until SIGKILLed
+    ::_exit(0);
+  }
+  ::close(report[1]);
+  std::vector<pid_t> workers(3);
+  REQUIRE(::read(report[0], workers.data(), workers.size() * sizeof(pid_t)) ==
+          static_cast<ssize_t>(workers.size() * sizeof(pid_t)));
+  ::close(report[0]);
+  ::kill(parent, SIGKILL);
+  ::waitpid(parent, nullptr, 0);
+  auto alive = [](pid_t pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(stat, line)) return false;
+    return line.substr(line.rfind(')') + 2, 1) != "Z";  // a zombie is dead
+  };
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (std::chrono::steady_clock::now() < deadline &&
+         std::any_of(workers.begin(), workers.end(), alive))
+    std::this_thread::sleep_for(10ms);
+  for (pid_t w : workers) CHECK_FALSE(alive(w));
 }

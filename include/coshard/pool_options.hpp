@@ -1,9 +1,14 @@
 // coshard/pool_options.hpp - the knobs of a process_pool, one aggregate.
 #pragma once
 
+#include "coshard/detail/asio_config.hpp"
+
+#include <asio/awaitable.hpp>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 
 namespace coshard {
 
@@ -38,6 +43,30 @@ struct pool_options {
   std::chrono::milliseconds item_timeout{0};
   /// See item_timeout.
   std::chrono::milliseconds timeout_grace{1000};
+  /// Runs once in every worker process (also in replacements) before it takes
+  /// work, e.g. to open connections into globals the tasks use. If it throws,
+  /// the pool constructor (or the job that needed a replacement) fails with
+  /// pool_error naming the exception.
+  std::function<void()> initializer{};
+  /// As `initializer`, as a coroutine on the worker's io_context; runs after it.
+  std::function<asio::awaitable<void>()> async_initializer{};
+  /// How long a starting worker may take (its initializers included).
+  std::chrono::milliseconds startup_timeout{30'000};
+  /// A worker that has run this many items is replaced once its held batches
+  /// are answered (0: never). Batches are cut so that no worker exceeds it.
+  std::size_t max_items_per_worker = 0;
+  /// A worker whose resident memory exceeds this after a batch is replaced
+  /// once its held batches are answered (0: no cap).
+  std::size_t max_worker_rss_bytes = 0;
+};
+
+/// How process_pool::shutdown treats a running job.
+enum class shutdown_mode {
+  /// Stop dispatching, cancel running coroutines, let workers answer what they
+  /// hold, then let them exit; escalates to `forced` after shutdown_timeout.
+  graceful,
+  /// Kill every worker now.
+  forced,
 };
 
 }  // namespace coshard

@@ -13,6 +13,7 @@
 #include <asio/strand.hpp>
 
 #include <atomic>
+#include <condition_variable>
 #include <exception>
 #include <functional>
 #include <mutex>
@@ -102,12 +103,31 @@ class process_pool {
 
   /// Closes the workers' channels, waits up to `shutdown_timeout` for them to
   /// exit and kills the rest. Never throws; leaves no child process behind.
-  ~process_pool() {
+  ~process_pool() { shutdown(shutdown_mode::graceful); }
+
+  /// Shuts the pool down; callable from any thread, also while a job runs
+  /// (which then completes with operation_aborted or pool_error). `graceful`
+  /// cancels the job, lets workers answer what they hold and exit on EOF, and
+  /// escalates to `forced` after shutdown_timeout; `forced` kills the workers
+  /// at once. Either way it returns within about two shutdown_timeouts, every
+  /// worker reaped. Later jobs fail with pool_error. Idempotent.
+  void shutdown(shutdown_mode mode = shutdown_mode::graceful) noexcept {
+    workers_.close();
+    if (mode == shutdown_mode::forced) workers_.kill_all();
+    cancel();
+    {
+      std::unique_lock lock(busy_mutex_);
+      if (!busy_idle_.wait_for(lock, workers_.options().shutdown_timeout, [&] { return !busy_.load(); })) {
+        workers_.kill_all();  // graceful ran out of time
+        busy_idle_.wait(lock, [&] { return !busy_.load(); });
+      }
+    }
     if (background_thread_.joinable()) {
       background_guard_.reset();
       background_thread_.join();
     }
-    workers_.shutdown();
+    workers_.shutdown(mode == shutdown_mode::forced ? std::chrono::milliseconds(0)
+                                                     : workers_.options().shutdown_timeout);
   }
 
   /// Number of worker processes.
@@ -116,7 +136,7 @@ class process_pool {
   /// Process ids of the current workers (a replaced worker has a new pid).
   [[nodiscard]] std::vector<pid_t> worker_pids() const {
     std::vector<pid_t> pids;
-    for (auto& s : workers_.slots()) pids.push_back(s.pid);
+    for (auto& s : workers_.slots()) pids.push_back(s.pid.load());
     return pids;
   }
 
@@ -312,17 +332,22 @@ class process_pool {
   // rather than a silent interleaving of two jobs' frames on one channel.
   class busy_scope {
    public:
-    explicit busy_scope(std::atomic<bool>& flag) : flag_(flag) {
-      if (flag_.exchange(true))
+    explicit busy_scope(process_pool& pool) : pool_(pool) {
+      if (pool_.workers_.closing()) throw pool_error("coshard: this process_pool has been shut down");
+      if (pool_.busy_.exchange(true))
         throw pool_error("coshard: this process_pool is already running a job; "
                          "wait for it to finish or use a second pool");
     }
-    ~busy_scope() { flag_.store(false); }
+    ~busy_scope() {
+      std::lock_guard lock(pool_.busy_mutex_);
+      pool_.busy_.store(false);
+      pool_.busy_idle_.notify_all();
+    }
     busy_scope(const busy_scope&) = delete;
     busy_scope& operator=(const busy_scope&) = delete;
 
    private:
-    std::atomic<bool>& flag_;
+    process_pool& pool_;
   };
 
   // Lets cancel() reach the running job from any thread: the request is
@@ -359,7 +384,7 @@ class process_pool {
 
   template <class Job>
   static asio::awaitable<typename Job::value_type> run_guarded(process_pool* self, Job j) {
-    busy_scope busy(self->busy_);
+    busy_scope busy(*self);
     cancel_scope cancellable(*self, j, co_await asio::this_coro::executor);
     self->workers_.replace_broken();
     co_return co_await j.run();
@@ -409,6 +434,8 @@ class process_pool {
   detail::worker_set workers_;
   asio::io_context io_{1};
   std::atomic<bool> busy_{false};
+  std::mutex busy_mutex_;
+  std::condition_variable busy_idle_;
   std::uint64_t job_counter_ = 0;
   std::mutex cancel_mutex_;
   std::function<void()> cancel_current_;

@@ -23,6 +23,7 @@
 #include <deque>
 #include <exception>
 #include <iterator>
+#include <limits>
 #include <list>
 #include <memory>
 #include <optional>
@@ -246,30 +247,46 @@ class job {
     if (wake_) wake_->cancel();
   }
 
-  [[nodiscard]] bool can_send(const channel& ch) const {
-    if (ch.held.size() >= max_held_) return false;
+  // Items this worker process may still be sent under max_items_per_worker.
+  [[nodiscard]] std::size_t item_budget(const worker_slot& slot) const {
+    if (!opts_.max_items_per_worker) return std::numeric_limits<std::size_t>::max();
+    return opts_.max_items_per_worker - std::min(opts_.max_items_per_worker, slot.items_assigned);
+  }
+
+  [[nodiscard]] bool can_send(const channel& ch, const worker_slot& slot) const {
+    if (slot.retire || item_budget(slot) == 0 || ch.held.size() >= max_held_) return false;
     return !(ch.held.size() == 1 && ch.held.front().suspect);
   }
 
   // Retries first, then fresh input. A suspect batch is only sent to a worker
   // that holds nothing else, so a second death convicts it alone.
-  std::optional<batch_record> next_batch(const channel& ch) {
+  std::optional<batch_record> next_batch(const channel& ch, std::size_t budget) {
     if (stopping()) return std::nullopt;
     if (!retry_.empty()) {
       if (retry_.front().suspect && !ch.held.empty()) return std::nullopt;
       batch_record rec = std::move(retry_.front());
       retry_.pop_front();
+      if (rec.count > budget) {  // give the worker what it may still run, keep the rest
+        batch_record rest = slice(rec, budget, rec.count);
+        rest.suspect = rec.suspect;
+        batch_record head = slice(rec, 0, budget);
+        head.suspect = rec.suspect;
+        head.crashes = rec.crashes;
+        retry_.push_front(std::move(rest));
+        recycle(std::move(rec.payload));
+        return head;
+      }
       return rec;
     }
-    return cut_batch();
+    return cut_batch(budget);
   }
 
-  std::optional<batch_record> cut_batch() {
+  std::optional<batch_record> cut_batch(std::size_t budget) {
     for (;;) {
       if (input_done_ || stopping()) return std::nullopt;
       std::optional<std::size_t> remaining;
       if (total_) remaining = *total_ - next_index_;
-      const std::size_t target = sizer_.next(remaining);
+      const std::size_t target = std::min(sizer_.next(remaining), budget);
       batch_record rec;
       rec.payload = take_spare();
       rec.first = next_index_;
@@ -388,6 +405,10 @@ class job {
     int idle_deaths = 0;
     for (;;) {
       if (slot.broken) {
+        if (workers_.closing()) {
+          fail(std::make_exception_ptr(pool_error("coshard: the pool was shut down during the job")));
+          co_return;
+        }
         // Keep the pool at full strength even when this job needs no more of it.
         workers_.restart(slot);
         if (stopping() || (input_done_ && retry_.empty() && ch.held.empty())) co_return;
@@ -402,14 +423,23 @@ class job {
         ch.cancel_sent = false;
         socket_lease lease{sock, ch};
         try {
-          co_await incarnation(i, sock, answered);
-          co_return;
+          if (!co_await incarnation(i, sock, answered)) co_return;
         } catch (const serialization_error& e) {
           corrupt = true;
           cause = e.what();
         } catch (const std::system_error& e) {
           cause = e.code().message();
         }
+      }
+      if (cause.empty() && !corrupt) {
+        // Retiring (item or memory limit): it exits on EOF; replace it.
+        const pid_t old = slot.pid;
+        ::close(slot.fd);
+        slot.fd = -1;
+        (void)co_await reap(old);
+        slot.pid = -1;
+        slot.broken = true;
+        continue;
       }
       // The worker is gone, or its channel can no longer be trusted.
       slot.broken = true;
@@ -432,19 +462,23 @@ class job {
     }
   }
 
-  asio::awaitable<void> incarnation(std::size_t i, socket& sock, std::size_t& answered) {
+  // Serves one worker process until the job needs no more of it; returns
+  // true if the worker is to be retired and replaced instead.
+  asio::awaitable<bool> incarnation(std::size_t i, socket& sock, std::size_t& answered) {
     worker_slot& slot = workers_.slots()[i];
     channel& ch = channels_[i];
+    if (slot.retire || item_budget(slot) == 0) co_return true;
     frame_header start = header(frame_type::job_start);
     start.batch = job_start_batch;
     start.payload_size = job_start_.size();
     co_await write_frame(sock, start, job_start_.view());
     for (;;) {
-      while (can_send(ch)) {
-        std::optional<batch_record> rec = next_batch(ch);
+      while (can_send(ch, slot)) {
+        std::optional<batch_record> rec = next_batch(ch, item_budget(slot));
         if (!rec) break;
         ch.held.push_back(std::move(*rec));
         const batch_record& b = ch.held.back();
+        slot.items_assigned += b.count;
         frame_header h = header(frame_type::batch);
         h.batch = b.id;
         h.first_index = b.first;
@@ -457,6 +491,8 @@ class job {
         co_await write_frame(sock, header(frame_type::cancel), {});
       }
       if (ch.held.empty()) {
+        if ((slot.retire || item_budget(slot) == 0) && !stopping() && !(input_done_ && retry_.empty()))
+          co_return true;
         // Another worker may still die and leave batches to retry.
         if (!stopping() && !all_answered()) {
           asio::error_code ec;
@@ -493,9 +529,12 @@ class job {
       recycle(std::move(rec->payload));
       ch.held.erase(rec);
       ++answered;
+      if (opts_.max_worker_rss_bytes && (std::uint64_t{h.rss_mib} << 20) > opts_.max_worker_rss_bytes)
+        slot.retire = true;
       if (input_done_ && retry_.empty() && all_answered()) notify();
     }
     co_await write_frame(sock, header(frame_type::job_end), {});
+    co_return false;
   }
 
   // Polls for the exit status without blocking the executor; a worker still

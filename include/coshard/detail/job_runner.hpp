@@ -417,6 +417,27 @@ class task_runner final : public job_runner {
   bool cancelled_ = false;
 };
 
+/// Splits a job_start payload into the entry id and its length-prefixed
+/// parts. Throws serialization_error if any length runs past the payload.
+inline std::pair<std::uint64_t, job_start_view> parse_job_start(std::span<const std::byte> payload) {
+  input_archive in(payload);
+  const auto id = decode_one<std::uint64_t>(in);
+  auto part = [&] {
+    const auto n = decode_one<std::uint64_t>(in);
+    if (n > in.remaining()) throw serialization_error("coshard: truncated job_start frame");
+    std::span<const std::byte> s = payload.subspan(in.position(), static_cast<std::size_t>(n));
+    in.skip(static_cast<std::size_t>(n));
+    return s;
+  };
+  job_start_view v;
+  v.fn = part();
+  v.reduce = part();
+  v.shared = part();
+  v.init = part();
+  check_fully_consumed<void>(in, "job_start");
+  return {id, v};
+}
+
 /// The registered entry point of one job shape. Referencing `entry<Spec>::id`
 /// in the parent instantiates it, which registers it in every process image.
 template <class Spec>

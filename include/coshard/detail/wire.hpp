@@ -19,6 +19,7 @@ enum class frame_type : std::uint8_t {
   result = 10,       // payload: `count` encoded results, or one partial for reduce jobs
   task_failed = 11,  // payload: item_failure (the batch's first failing item)
   job_failed = 12,   // payload: message; the job cannot run in this worker at all
+  worker_ready = 13,  // sent once at start; flags = 1 and a message if the initializer failed
 };
 
 inline constexpr std::uint32_t frame_magic = 0x31485343;  // "CSH1"
@@ -31,7 +32,7 @@ struct frame_header {
   std::uint8_t flags = 0;
   std::uint16_t reserved = 0;
   std::uint32_t count = 0;        // items in a batch / result
-  std::uint32_t reserved2 = 0;
+  std::uint32_t rss_mib = 0;  // worker's resident memory after the batch (if asked for)
   std::uint64_t job = 0;          // job id: stale frames from an earlier job are detectable
   std::uint64_t batch = 0;        // batch id within the job
   std::uint64_t first_index = 0;  // input index of the batch's first item
@@ -49,6 +50,7 @@ inline bool known_frame_type(frame_type t) {
     case frame_type::result:
     case frame_type::task_failed:
     case frame_type::job_failed:
+    case frame_type::worker_ready:
       return true;
   }
   return false;

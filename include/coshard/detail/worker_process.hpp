@@ -11,6 +11,7 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <array>
@@ -18,6 +19,7 @@
 #include <chrono>
 #include <cstdio>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -41,7 +43,14 @@ struct worker_settings {
   std::chrono::nanoseconds item_timeout{0};
   std::chrono::nanoseconds timeout_grace{0};
   worker_status* status = nullptr;
+  // Point into the parent's pool_options, which the forked worker has a copy of.
+  const std::function<void()>* initializer = nullptr;
+  const std::function<asio::awaitable<void>()>* async_initializer = nullptr;
+  bool report_rss = false;  // put resident memory in every reply header
 };
+
+/// Exit code of a worker whose initializer failed (it said why first).
+inline constexpr int init_failed_exit_code = 4;
 
 class worker_process final : public worker_context {
  public:
@@ -52,13 +61,14 @@ class worker_process final : public worker_context {
   /// exit code: 0 on a clean EOF, non-zero after a protocol error.
   int run() {
     if (settings_.item_timeout.count() > 0) start_watchdog();
-    int code = 0;
-    asio::co_spawn(io_, read_loop(), [&](std::exception_ptr e) {
-      if (e) code = report(e);
+    if (settings_.report_rss) statm_fd_ = ::open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    asio::co_spawn(io_, serve(), [&](std::exception_ptr e) {
+      if (e) exit_code_ = report(e);
       io_.stop();
     });
     io_.run();
-    return code;
+    if (statm_fd_ >= 0) ::close(statm_fd_);
+    return exit_code_;
   }
 
   ~worker_process() override {
@@ -82,6 +92,7 @@ class worker_process final : public worker_context {
 
   void send(const frame_header& h, byte_buffer payload) override {
     outbox_.emplace_back(h, std::move(payload));
+    if (settings_.report_rss) outbox_.back().first.rss_mib = resident_mib();
     if (!writing_) {
       writing_ = true;
       asio::co_spawn(io_, write_loop(), [this](std::exception_ptr e) {
@@ -128,6 +139,38 @@ class worker_process final : public worker_context {
     return 3;
   }
 
+  std::uint32_t resident_mib() const {
+    char buf[64];
+    const ssize_t n = statm_fd_ >= 0 ? ::pread(statm_fd_, buf, sizeof buf - 1, 0) : -1;
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    unsigned long size = 0, resident = 0;
+    if (std::sscanf(buf, "%lu %lu", &size, &resident) != 2) return 0;
+    return static_cast<std::uint32_t>(resident * static_cast<unsigned long>(::sysconf(_SC_PAGESIZE)) >> 20);
+  }
+
+  // Runs the initializers, tells the parent how that went, then serves jobs.
+  asio::awaitable<void> serve() {
+    frame_header ready;
+    ready.type = frame_type::worker_ready;
+    byte_buffer message;
+    try {
+      if (settings_.initializer && *settings_.initializer) (*settings_.initializer)();
+      if (settings_.async_initializer && *settings_.async_initializer) co_await (*settings_.async_initializer)();
+    } catch (...) {
+      const auto what = describe_current_exception();
+      encode_value(message, what.type_name + (what.message.empty() ? "" : ": " + what.message));
+      ready.flags = 1;
+    }
+    ready.payload_size = message.size();
+    co_await write_frame(socket_, ready, message.view());
+    if (ready.flags) {
+      exit_code_ = init_failed_exit_code;
+      co_return;
+    }
+    co_await read_loop();
+  }
+
   asio::awaitable<void> read_loop() {
     for (;;) {
       frame_header h;
@@ -172,26 +215,12 @@ class worker_process final : public worker_context {
   }
 
   std::shared_ptr<job_runner> make_runner(std::span<const std::byte> payload) {
-    input_archive in(payload);
-    const auto id = decode_one<std::uint64_t>(in);
-    auto part = [&] {
-      const auto n = decode_one<std::uint64_t>(in);
-      if (n > in.remaining()) throw serialization_error("coshard: truncated job_start frame");
-      std::span<const std::byte> s = payload.subspan(in.position(), n);
-      in.skip(n);
-      return s;
-    };
-    job_start_view v;
-    v.fn = part();
-    v.reduce = part();
-    v.shared = part();
-    v.init = part();
-    check_fully_consumed<void>(in, "job_start");
+    const auto [id, parts] = parse_job_start(payload);
     runner_factory make = entry_registry::find(id);
     if (!make)
       throw pool_error("coshard: unknown entry id " + std::to_string(id) +
                        ": the worker does not run the same binary as the parent");
-    return make(*this, v);
+    return make(*this, parts);
   }
 
   void send_job_failed(const frame_header& h, const exception_description& what) {
@@ -223,6 +252,8 @@ class worker_process final : public worker_context {
   std::shared_ptr<job_runner> runner_;
   std::uint64_t job_ = 0;
   item_watch watch_;
+  int exit_code_ = 0;
+  int statm_fd_ = -1;
   std::thread watchdog_;
   std::atomic<bool> stop_watchdog_{false};
 };
