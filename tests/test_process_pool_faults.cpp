@@ -52,7 +52,7 @@ std::vector<long> iota_vector(long n) {
 }
 
 // What a `touchy` input or result does when it crosses a process boundary.
-enum class trap : int { none, throw_on_save, throw_on_load, abort_on_load, exit_on_load };
+enum class trap : int { none, throw_on_save, abort_on_save, throw_on_load, abort_on_load, exit_on_load };
 
 struct touchy {
   long value = 0;
@@ -60,6 +60,7 @@ struct touchy {
   template <class Archive>
   void save(Archive& ar) const {
     if (what == trap::throw_on_save) throw std::runtime_error("cannot save " + std::to_string(value));
+    if (what == trap::abort_on_save) std::abort();
     ar(value, what);
   }
   template <class Archive>
@@ -176,6 +177,19 @@ TEST_CASE("errors at input encode, input decode and result encode fail only thei
       for (long i = 0; i < 100; ++i)
         if (i != 42) CHECK(out[static_cast<std::size_t>(i)].value() == i);
       CHECK_THROWS_AS(out[42].value(), coshard::worker_crashed);
+    }
+    SECTION("a result whose encoding crashes the worker") {
+      auto out = pool.map_settled(iota_vector(100), [](long x) {
+        return touchy{x, x == 31 ? trap::abort_on_save : trap::none};
+      });
+      for (long i = 0; i < 100; ++i)
+        if (i != 31) CHECK(out[static_cast<std::size_t>(i)].value().value == i);
+      try {
+        std::rethrow_exception(out[31].error());
+      } catch (const coshard::worker_crashed& e) {
+        CHECK(e.index() == 31);
+        CHECK(e.term_signal() == SIGABRT);
+      }
     }
     SECTION("a result that cannot be encoded") {
       auto out = pool.map_settled(iota_vector(100), [](long x) {
