@@ -211,7 +211,7 @@ TEST_CASE("a worker SIGKILLed from outside mid-task: its batches are retried, no
   with_pool({.workers = 3, .concurrency = 4, .batch_size = 4}, [&](coshard::process_pool& pool) {
     const auto pids = pool.worker_pids();
     // 600 items of 20 ms, 12 at a time: the job lasts about a second.
-    std::thread killer([&] {
+    std::jthread killer([&] {
       std::this_thread::sleep_for(300ms);
       for (int v = 0; v < victims; ++v) ::kill(pids[static_cast<std::size_t>(v)], SIGKILL);
     });
@@ -256,25 +256,25 @@ TEST_CASE("a worker that dies while a pipe-sized batch is being written to it") 
 
 TEST_CASE("chaos: map_reduce over 10^5 items while workers are SIGKILLed at random gives the exact answer") {
   with_pool({.workers = 2, .batch_size = 500}, [](coshard::process_pool& pool) {
-    std::atomic<bool> done{false};
     std::atomic<int> kills{0};
-    std::thread chaos([&] {
+    // A jthread: stopped and joined even if map_reduce throws.
+    std::jthread chaos([&](std::stop_token stop) {
       std::mt19937 rng(12345);
-      while (!done.load()) {
+      while (!stop.stop_requested()) {
         std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 100));
-        if (done.load()) break;
+        if (stop.stop_requested()) break;
         const auto pids = pool.worker_pids();
         const pid_t victim = pids[rng() % pids.size()];
         if (victim > 0 && ::kill(victim, SIGKILL) == 0) ++kills;
       }
     });
     const long sum = pool.map_reduce(iota_vector(100'000), [](long x) {
-      long spin = x;
-      for (int i = 0; i < 40'000; ++i) spin = spin * 31 + i;  // ~40 us: the job lasts seconds
+      auto spin = static_cast<std::uint64_t>(x);  // unsigned: wrapping is defined
+      for (std::uint64_t i = 0; i < 40'000; ++i) spin = spin * 31 + i;  // ~40 us: the job lasts seconds
       asm volatile("" : : "r"(spin));
       return x % 1000;
     }, std::plus<>{}, 0L);
-    done = true;
+    chaos.request_stop();
     chaos.join();
     long want = 0;
     for (long x = 0; x < 100'000; ++x) want += x % 1000;
@@ -347,7 +347,7 @@ TEST_CASE("cancelling a running job completes it with operation_aborted; the poo
       }
     }
     SECTION("pool.cancel() from another thread stops a blocking call") {
-      std::thread canceller([&] {
+      std::jthread canceller([&] {
         std::this_thread::sleep_for(100ms);
         pool.cancel();
       });

@@ -130,6 +130,7 @@ class job {
   using iterator = std::ranges::iterator_t<range&>;
   using socket = asio::local::stream_protocol::socket;
   static constexpr std::uint64_t job_start_batch = ~std::uint64_t{0};
+  static constexpr int max_idle_deaths = 50;
   static constexpr bool fixed_size_items = bitwise_serializable<T>;
 
   // The parent's side of one worker during this job.
@@ -451,12 +452,15 @@ class job {
       const bool held_any = !ch.held.empty();
       requeue_lost(i, dead, status, how);
       notify();
+      // A death while holding work convicts or retries that work, so it
+      // cannot repeat forever. Deaths with nothing held (an idle worker
+      // killed from outside) are harmless, unless they never stop.
       if (held_any || answered) {
         idle_deaths = 0;
-      } else if (++idle_deaths >= 3) {
+      } else if (++idle_deaths >= max_idle_deaths) {
         fail(std::make_exception_ptr(pool_error(
-            "coshard: worker slot " + std::to_string(i) + " died 3 times in a row before running "
-            "anything (last: " + how + ")")));
+            "coshard: worker slot " + std::to_string(i) + " died " + std::to_string(max_idle_deaths) +
+            " times in a row while idle (last: " + how + ")")));
         co_return;
       }
     }
