@@ -15,7 +15,18 @@ packages=(
   libbenchmark-dev
   clang-14
   libclang-rt-14-dev   # sanitizer/fuzzer runtimes for clang
+  # examples
+  libcli11-dev         # command lines of the examples
+  libhttp-parser-dev   # crawler: HTTP responses
+  libgumbo-dev         # crawler: HTML
+  zlib1g-dev           # ngram_count: .gz input
+  wamerican            # ngram_count: words for the generator
+  pkg-config           # finds gumbo
+  gzip                 # ngram_count smoke test
 )
+# Extra packages named on the command line (e.g. python3-doc for the crawler's
+# default site) are installed the same way.
+packages+=("$@")
 
 is_installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

@@ -81,6 +81,7 @@ int main() {
   io.run();
 
   // A task's exception comes back with its type, message, input index and worker.
+  bool caught = false;
   try {
     (void)pool.map(numbers, [](int x) {
       if (x == 4242) throw std::invalid_argument("no 4242 please");
@@ -88,5 +89,12 @@ int main() {
     });
   } catch (const coshard::task_error& e) {
     std::printf("task_error: %s\n", e.what());
+    caught = e.index() == 4241;
   }
+
+  // The answers, checked against what they must be (ctest runs this program).
+  const long n = static_cast<long>(numbers.size());
+  const bool right = squares.back() == n * n && sum == n * (n + 1) / 2 && lengths.size() == 2000 &&
+                     counts["the"] == 2 && counts["cat"] == 2 && greetings[2] == "hello #3" && caught;
+  return right ? 0 : 1;
 }
