@@ -80,9 +80,18 @@ class worker_set {
   /// runs). Throws pool_error if the pool is closing or the new worker fails
   /// to start.
   void restart(worker_slot& s) {
-    stop(s, std::chrono::milliseconds(0));
-    if (closing_.load()) throw pool_error("coshard: the pool was shut down");
-    start(s);
+    // A replacement can be killed from outside while it starts (as any worker
+    // can); only a failure that repeats is reported.
+    for (int attempt = 1;; ++attempt) {
+      stop(s, std::chrono::milliseconds(0));
+      if (closing_.load()) throw pool_error("coshard: the pool was shut down");
+      try {
+        start(s);
+        return;
+      } catch (const pool_error&) {
+        if (attempt == max_start_attempts) throw;
+      }
+    }
   }
 
   /// Refuses replacements from now on; a shutdown is under way.
@@ -204,6 +213,7 @@ class worker_set {
     s.pid = -1;
   }
 
+  static constexpr int max_start_attempts = 5;
   pool_options opts_;
   std::vector<worker_slot> slots_;
   std::atomic<bool> closing_{false};
