@@ -41,7 +41,7 @@ fi
 if [[ ${COSHARD_SKIP_FUZZ:-0} == 1 ]]; then
   echo "== build-fuzz/ skipped (COSHARD_SKIP_FUZZ=1) =="
 else
-  echo "== build-fuzz/ (libFuzzer, ${COSHARD_FUZZ_SECONDS:-120} s) =="
+  echo "== build-fuzz/ (libFuzzer, ${COSHARD_FUZZ_SECONDS:-60} s) =="
   cmake -S . -B build-fuzz \
     -DCMAKE_CXX_COMPILER=clang++-14 \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo \
@@ -49,7 +49,7 @@ else
     -DCOSHARD_BUILD_EXAMPLES=OFF \
     -DCOSHARD_BUILD_BENCHMARKS=OFF \
     -DCOSHARD_BUILD_FUZZERS=ON \
-    -DCOSHARD_FUZZ_SECONDS="${COSHARD_FUZZ_SECONDS:-120}"
+    -DCOSHARD_FUZZ_SECONDS="${COSHARD_FUZZ_SECONDS:-60}"
   cmake --build build-fuzz -j2
   ctest --test-dir build-fuzz --output-on-failure --no-tests=error -L fuzz
 fi

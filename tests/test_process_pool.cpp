@@ -496,16 +496,40 @@ TEST_CASE("single-pass input ranges are consumed once, lazily") {
   });
 }
 
-TEST_CASE("a worker refuses an entry id it does not know, by name, without crashing") {
-  int sv[2];
-  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+namespace {
+
+// A worker loop on a thread of this process, talking over a socketpair: the
+// test plays the parent on `parent_fd`.
+struct in_process_worker {
+  int sv[2] = {-1, -1};
   int exit_code = -1;
-  std::thread worker([&] {
-    coshard::detail::worker_process w(sv[1], {});
-    exit_code = w.run();
-  });
+  std::thread thread;
+
+  in_process_worker() {
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    thread = std::thread([this] {
+      coshard::detail::worker_process w(sv[1], {});
+      exit_code = w.run();
+    });
+  }
+  [[nodiscard]] int parent_fd() const { return sv[0]; }
+  int join() {
+    thread.join();
+    return exit_code;
+  }
+  ~in_process_worker() {
+    if (sv[0] >= 0) ::close(sv[0]);
+    if (thread.joinable()) thread.join();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a worker refuses an entry id it does not know, by name, without crashing") {
+  in_process_worker worker;
+  const int fd = worker.parent_fd();
   coshard::detail::frame_header ready;
-  REQUIRE(::recv(sv[0], &ready, sizeof ready, MSG_WAITALL) == static_cast<ssize_t>(sizeof ready));
+  REQUIRE(::recv(fd, &ready, sizeof ready, MSG_WAITALL) == static_cast<ssize_t>(sizeof ready));
   REQUIRE(ready.type == coshard::detail::frame_type::worker_ready);
   coshard::detail::byte_buffer payload;
   coshard::detail::encode_value(payload, std::uint64_t{0xdeadbeef});  // no such entry
@@ -514,31 +538,22 @@ TEST_CASE("a worker refuses an entry id it does not know, by name, without crash
   h.type = coshard::detail::frame_type::job_start;
   h.job = 1;
   h.payload_size = payload.size();
-  REQUIRE(::write(sv[0], &h, sizeof h) == static_cast<ssize_t>(sizeof h));
-  REQUIRE(::write(sv[0], payload.data(), payload.size()) == static_cast<ssize_t>(payload.size()));
+  REQUIRE(::write(fd, &h, sizeof h) == static_cast<ssize_t>(sizeof h));
+  REQUIRE(::write(fd, payload.data(), payload.size()) == static_cast<ssize_t>(payload.size()));
   coshard::detail::frame_header reply;
-  REQUIRE(::recv(sv[0], &reply, sizeof reply, MSG_WAITALL) == static_cast<ssize_t>(sizeof reply));
+  REQUIRE(::recv(fd, &reply, sizeof reply, MSG_WAITALL) == static_cast<ssize_t>(sizeof reply));
   CHECK(reply.type == coshard::detail::frame_type::job_failed);
   std::vector<std::byte> body(reply.payload_size);
-  REQUIRE(::recv(sv[0], body.data(), body.size(), MSG_WAITALL) == static_cast<ssize_t>(body.size()));
+  REQUIRE(::recv(fd, body.data(), body.size(), MSG_WAITALL) == static_cast<ssize_t>(body.size()));
   const auto message = coshard::decode<std::string>(body);
   CHECK(message.find("unknown entry id 3735928559") != std::string::npos);
-  ::close(sv[0]);  // EOF: the worker loop ends cleanly
-  worker.join();
-  CHECK(exit_code == 0);
+  ::shutdown(fd, SHUT_WR);  // EOF: the worker loop ends cleanly
+  CHECK(worker.join() == 0);
 }
 
 TEST_CASE("a corrupt frame from the parent ends the worker with a named cause") {
-  int sv[2];
-  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
-  int exit_code = -1;
-  std::thread worker([&] {
-    coshard::detail::worker_process w(sv[1], {});
-    exit_code = w.run();
-  });
+  in_process_worker worker;
   std::vector<char> junk(sizeof(coshard::detail::frame_header), 'x');
-  REQUIRE(::write(sv[0], junk.data(), junk.size()) == static_cast<ssize_t>(junk.size()));
-  worker.join();
-  CHECK(exit_code == 3);
-  ::close(sv[0]);
+  REQUIRE(::write(worker.parent_fd(), junk.data(), junk.size()) == static_cast<ssize_t>(junk.size()));
+  CHECK(worker.join() == 3);
 }

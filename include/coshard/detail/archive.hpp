@@ -36,6 +36,7 @@ class input_archive : public cereal::InputArchive<input_archive, cereal::AllowEm
       throw serialization_error("coshard: truncated payload: needed " + std::to_string(size) +
                                 " more bytes at offset " + std::to_string(pos_) + " of " +
                                 std::to_string(in_.size()));
+    if (size == 0) return;  // data may be null (an empty vector's storage)
     std::memcpy(data, in_.data() + pos_, size);
     pos_ += size;
   }
