@@ -19,9 +19,10 @@ examples=(
 )
 
 for name in "${examples[@]}"; do
+  # Single-file examples land in build/examples/, the others in their own directory.
   exe=build/examples/$name
-  [[ -x $exe ]] || exe=build/examples/$name/$name
-  if [[ ! -x $exe ]]; then
+  [[ -f $exe && -x $exe ]] || exe=build/examples/$name/$name
+  if [[ ! -f $exe || ! -x $exe ]]; then
     echo "== $name: not built, skipping =="
     continue
   fi
