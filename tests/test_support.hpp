@@ -56,21 +56,6 @@ inline long rss_bytes() {
   return resident * ::sysconf(_SC_PAGESIZE);
 }
 
-/// Peak resident set size of this process in bytes (VmHWM).
-inline long peak_rss_bytes() {
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  while (status >> key) {
-    if (key == "VmHWM:") {
-      long kb = 0;
-      status >> kb;
-      return kb * 1024;
-    }
-    status.ignore(1 << 12, '\n');
-  }
-  return -1;
-}
-
 /// Captures the fd count at construction; `leaked()` is how many more are open now.
 struct fd_baseline {
   int at_start = open_fd_count();

@@ -101,8 +101,7 @@ T decode_one(input_archive& ar) {
   }
 }
 
-template <class T>
-void check_fully_consumed(const input_archive& ar, const char* what) {
+inline void check_fully_consumed(const input_archive& ar, const char* what) {
   if (ar.remaining() != 0)
     throw serialization_error(std::string("coshard: corrupt payload: ") + what + " left " +
                               std::to_string(ar.remaining()) + " unread bytes");
@@ -126,7 +125,7 @@ template <serializable T>
 [[nodiscard]] T decode(std::span<const std::byte> bytes) {
   detail::input_archive ar(bytes);
   T value = detail::decode_one<T>(ar);
-  detail::check_fully_consumed<T>(ar, "decode");
+  detail::check_fully_consumed(ar, "decode");
   return value;
 }
 

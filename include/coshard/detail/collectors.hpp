@@ -73,7 +73,7 @@ class ordered_collector {
     } else {
       input_archive in(payload);
       for (std::size_t i = 0; i < h.count; ++i) out_[first + i] = decode_one<R>(in);
-      check_fully_consumed<R>(in, "result frame");
+      check_fully_consumed(in, "result frame");
     }
   }
 
@@ -121,7 +121,7 @@ class sink_collector {
     std::vector<R> batch;
     batch.reserve(h.count);
     for (std::size_t i = 0; i < h.count; ++i) batch.push_back(decode_one<R>(in));
-    check_fully_consumed<R>(in, "result frame");
+    check_fully_consumed(in, "result frame");
     for (std::size_t i = 0; i < h.count; ++i) {
       ++delivered_;
       sink_(static_cast<std::size_t>(h.first_index + i), std::move(batch[i]));
@@ -155,7 +155,7 @@ class settled_collector {
       else
         out_[first + i] = outcome<R>(to_exception(decode_failure(in), pid));
     }
-    check_fully_consumed<R>(in, "result frame");
+    check_fully_consumed(in, "result frame");
   }
 
   void set_error(std::size_t index, std::exception_ptr e) {

@@ -53,9 +53,6 @@ class frame_reader {
     co_return std::span<const std::byte>(buf_.data() + begin_ + sizeof h, h.payload_size);
   }
 
-  /// Bytes received but not yet handed out (none between jobs, in a correct run).
-  [[nodiscard]] std::size_t buffered() const noexcept { return end_ - begin_ - pending_; }
-
  private:
   static constexpr std::size_t min_capacity = 256 * 1024;
 

@@ -242,7 +242,7 @@ class task_runner final : public job_runner {
       }
       watch.deadline_ns.store(0, std::memory_order_release);
     }
-    check_fully_consumed<T>(in, "batch");
+    check_fully_consumed(in, "batch");
     if constexpr (is_reduce) {
       try {
         encode_value(out, *acc);
@@ -291,7 +291,7 @@ class task_runner final : public job_runner {
         return;
       }
     }
-    check_fully_consumed<T>(in, "batch");
+    check_fully_consumed(in, "batch");
     if constexpr (is_reduce)
       b->out = init_;
     else
@@ -434,7 +434,7 @@ inline std::pair<std::uint64_t, job_start_view> parse_job_start(std::span<const 
   v.reduce = part();
   v.shared = part();
   v.init = part();
-  check_fully_consumed<void>(in, "job_start");
+  check_fully_consumed(in, "job_start");
   return {id, v};
 }
 

@@ -198,7 +198,7 @@ class worker_process final : public worker_context {
         try {
           runner_->on_batch(h, payload);
         } catch (...) {
-          // Decoding the parent's own encoding failed: the channel is not trustworthy.
+          // Not an item's failure (those are replied per item): the job cannot run here.
           send_job_failed(h, describe_current_exception());
         }
         return;
