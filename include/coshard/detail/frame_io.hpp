@@ -34,6 +34,17 @@ asio::awaitable<void> write_frame(Stream& s, const frame_header& h, std::span<co
   co_await asio::async_write(s, bufs, transfer_rest{sizeof h + payload.size()}, asio::use_awaitable);
 }
 
+/// Writes two frames back to back in one gathered write (e.g. a job's start
+/// and its first batch: one syscall and one wake-up of the reader).
+template <class Stream>
+asio::awaitable<void> write_frames(Stream& s, const frame_header& h1, std::span<const std::byte> p1,
+                                   const frame_header& h2, std::span<const std::byte> p2) {
+  std::array<asio::const_buffer, 4> bufs{asio::buffer(&h1, sizeof h1), asio::buffer(p1.data(), p1.size()),
+                                         asio::buffer(&h2, sizeof h2), asio::buffer(p2.data(), p2.size())};
+  co_await asio::async_write(s, bufs, transfer_rest{sizeof h1 + p1.size() + sizeof h2 + p2.size()},
+                             asio::use_awaitable);
+}
+
 /// Reads frames through one buffer: a receive takes whatever has arrived, so a
 /// header and its payload (and often the next frame) cost one syscall.
 class frame_reader {

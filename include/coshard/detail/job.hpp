@@ -139,6 +139,7 @@ class job {
     socket* sock = nullptr;
     bool reading = false;      // waiting for a reply: a cancel may interrupt the read
     bool cancel_sent = false;
+    bool started_once = false;  // the job has had work for this slot
   };
 
  public:
@@ -414,6 +415,10 @@ class job {
         workers_.restart(slot);
         if (stopping() || (input_done_ && retry_.empty() && ch.held.empty())) co_return;
       }
+      // A worker the job has nothing for is never registered with the
+      // reactor (an epoll_ctl pair and an ioctl per worker per job saved).
+      if (!ch.started_once && !co_await work_may_come()) co_return;
+      ch.started_once = true;
       std::string cause;
       bool corrupt = false;
       std::size_t answered = 0;
@@ -466,16 +471,31 @@ class job {
     }
   }
 
+  // Waits until this job may have a batch for an idle worker: false once it
+  // cannot (input used up and nothing to retry, or the job is stopping).
+  asio::awaitable<bool> work_may_come() {
+    for (;;) {
+      if (stopping()) co_return false;
+      if (!retry_.empty() || !input_done_) co_return true;
+      if (all_answered()) co_return false;
+      asio::error_code ec;  // another worker may die and leave batches to retry
+      co_await wake_->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+
   // Serves one worker process until the job needs no more of it; returns
   // true if the worker is to be retired and replaced instead.
   asio::awaitable<bool> incarnation(std::size_t i, socket& sock, std::size_t& answered) {
     worker_slot& slot = workers_.slots()[i];
     channel& ch = channels_[i];
     if (slot.retire || item_budget(slot) == 0) co_return true;
+    // A worker learns of the job with its first batch, in the same write: a
+    // job smaller than the pool never wakes the workers it does not need,
+    // and a one-item job costs one write to start instead of one per worker.
     frame_header start = header(frame_type::job_start);
     start.batch = job_start_batch;
     start.payload_size = job_start_.size();
-    co_await write_frame(sock, start, job_start_.view());
+    bool started = false;
     for (;;) {
       while (can_send(ch, slot)) {
         std::optional<batch_record> rec = next_batch(ch, item_budget(slot));
@@ -488,9 +508,14 @@ class job {
         h.first_index = b.first;
         h.count = b.count;
         h.payload_size = b.payload.size();
-        co_await write_frame(sock, h, b.payload.view());
+        if (started) {
+          co_await write_frame(sock, h, b.payload.view());
+        } else {
+          started = true;
+          co_await write_frames(sock, start, job_start_.view(), h, b.payload.view());
+        }
       }
-      if (cancelled_ && !ch.cancel_sent) {
+      if (cancelled_ && started && !ch.cancel_sent) {
         ch.cancel_sent = true;
         co_await write_frame(sock, header(frame_type::cancel), {});
       }
@@ -537,7 +562,7 @@ class job {
         slot.retire = true;
       if (input_done_ && retry_.empty() && all_answered()) notify();
     }
-    co_await write_frame(sock, header(frame_type::job_end), {});
+    if (started) co_await write_frame(sock, header(frame_type::job_end), {});
     co_return false;
   }
 
