@@ -1,255 +1,294 @@
-// bench_dispatch - dispatch overhead of process_pool::map.
+// bench_dispatch - dispatch overhead of process_pool::map, beside its physical
+// limit.
 //
-// Maps a trivial function (x -> x*x on std::int64_t) over a vector, so what is
-// measured is the pool's own cost per item and per batch: cutting batches,
-// the socket round trips, encoding/decoding in the workers and placing the
-// results in input order. Reported as items/s (wall-clock time: the work runs
-// in child processes, so the parent's CPU time means nothing here).
+// Maps a trivial function (x -> x*x on std::int64_t), so what is measured is
+// the pool's own cost per item and per batch: cutting batches, the socket
+// round trips, encoding/decoding in the workers and placing the results in
+// input order. Reported as items/s of wall-clock time (the work runs in child
+// processes, so the parent's CPU time means nothing here).
 //
-//   map/x*x/batch:N          pool_options.batch_size = N
-//   map/x*x/adaptive         pool_options.batch_size = 0 (sized toward target_batch_time)
-//   sequential/x*x           the same loop in this process, no pool, for scale;
-//                            returns a fresh vector per pass, as map does
-//   sequential/x*x/no-alloc  the loop alone, into a vector allocated once
+//   map/x*x/workers:W/batch:B/concurrency:64   process_pool::map, batch_size B
+//                                              (B = adaptive: batch_size 0)
+//   map/x*x/sequential                         the loop in this process, into a
+//                                              fresh vector per pass, as map returns
+//   raw/socketpair/batch:B                     the physical limit: the same items
+//                                              pushed by a bare loop through one
+//                                              socketpair per forked child (memcpy +
+//                                              one write and one read per batch),
+//                                              children squaring in place
+//   latency/one_item                           map of one item, p50/p99 in us
+//   raw/socketpair/latency                     one 8-byte item to a bare child and
+//                                              back, p50/p99 in us
+//   map_reduce/lazy_iota                       10^9 lazily generated items through
+//                                              map_reduce; parent_peak_growth_MB
 //
-// Every pass of map (and of sequential/x*x) returns a new result vector. At
-// 10^7 items that is 80 MB, which glibc maps fresh from the kernel each time
-// (above its 32 MB maximum mmap threshold), so the page faults of that vector
-// are part of each pass; on a VM with slow page faults they can dominate.
-// To see the pool's own cost without them, let malloc keep freed memory:
-//   GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1000000000000
-// or have it back large blocks with transparent huge pages (fewer faults):
-//   GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+// Every pass of map returns a new result vector. At 10^7 items that is 80 MB,
+// which glibc maps fresh from the kernel each time (above its mmap threshold),
+// so the page faults of that vector are part of each pass (also for the
+// sequential and raw baselines, which fill a fresh vector the same way).
 //
 // Environment:
-//   COSHARD_BENCH_ITEMS    items per map call (default 10^7). Small fixed
-//                          batch sizes are capped at 10^5 batches per call
-//                          (batch:1 -> 10^5 items, batch:16 -> 1.6*10^6) so
-//                          that they finish in seconds; see the `items` counter.
-//   COSHARD_BENCH_WORKERS  worker processes per pool (default 2).
+//   COSHARD_BENCH_ITEMS       items per pass (default 10^7). Batch sizes 1 and
+//                             16 map at most 10^5 batches per pass (10^5 and
+//                             1.6*10^6 items) so that they finish in seconds.
+//   COSHARD_BENCH_WORKERS     worker processes (default 2).
+//   COSHARD_BENCH_LAZY_ITEMS  items of the lazy case (default 10^9).
 //
-// One pool per configuration is created on first use, outside the timed loop,
-// and kept for the rest of the run (later repetitions reuse it). The result of
-// the last timed map call is checked in full, untimed, after the loop.
-//
-// Example (about 40 s on 2 cores):
+// Example (about a minute on 2 cores):
 //   build/benchmarks/bench_dispatch --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 
 #include <benchmark/benchmark.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
-#include <coshard/process_pool.hpp>
+#include <coshard/benchmark.hpp>
 
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <exception>
-#include <cstdio>
+#include <cstring>
+#include <deque>
 #include <functional>
-#include <map>
 #include <ranges>
-#include <memory>
 #include <span>
+#include <stdexcept>
 #include <string>
+#include <system_error>
 #include <vector>
 
 namespace {
 
-std::size_t env_size(const char* name, std::size_t fallback) {
-  const char* s = std::getenv(name);
-  if (!s || !*s) return fallback;
-  char* end = nullptr;
-  const unsigned long long v = std::strtoull(s, &end, 10);
-  if (end == s || *end != '\0' || v == 0) return fallback;
-  return static_cast<std::size_t>(v);
-}
+using coshard::bench::env_size;
 
-std::size_t bench_items() {
-  static const std::size_t n = env_size("COSHARD_BENCH_ITEMS", 10'000'000);
-  return n;
-}
+std::size_t bench_items() { return env_size("COSHARD_BENCH_ITEMS", 10'000'000); }
+std::size_t bench_workers() { return env_size("COSHARD_BENCH_WORKERS", 2); }
 
-std::size_t bench_workers() {
-  static const std::size_t n = env_size("COSHARD_BENCH_WORKERS", 2);
-  return n;
-}
+// Every batch costs a round trip, so small batch sizes get at most this many
+// batches per pass.
+constexpr std::size_t max_batches = 100'000;
 
-// Items for one configuration. Every batch costs a round trip to a worker
-// (tens of microseconds on a small VM), so small fixed batch sizes get at most
-// `max_batches` batches per map call to keep the run short: batch:1 maps 10^5
-// items, batch:16 1.6*10^6; batch:256 and up (and adaptive) the full input.
 std::size_t items_for(std::size_t batch_size) {
-  constexpr std::size_t max_batches = 100'000;
-  if (batch_size == 0) return bench_items();
-  return std::min(bench_items(), batch_size * max_batches);
+  return batch_size ? std::min(bench_items(), batch_size * max_batches) : bench_items();
 }
 
-// 0, 1, 2, ... : x*x stays within int64 for any input up to ~3e9 items.
-const std::vector<std::int64_t>& input() {
-  static const std::vector<std::int64_t> v = [] {
-    std::vector<std::int64_t> out(bench_items());
-    for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<std::int64_t>(i);
-    return out;
-  }();
+std::vector<std::int64_t> iota_input(std::size_t n) {
+  std::vector<std::int64_t> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<std::int64_t>(i);
   return v;
 }
 
 constexpr auto square = [](std::int64_t x) { return x * x; };
 
-// One pool per batch size, started on first use and kept until exit.
-coshard::process_pool& pool_for(std::size_t batch_size) {
-  static std::map<std::size_t, std::unique_ptr<coshard::process_pool>> pools;
-  auto& p = pools[batch_size];
-  if (!p) {
-    p = std::make_unique<coshard::process_pool>(
-        coshard::pool_options{.workers = bench_workers(), .batch_size = batch_size});
-    // Warm-up, untimed: the first jobs of a pool grow the batch buffers on
-    // both sides. Up to 10^6 items, at most 1000 batches of a fixed size.
-    std::size_t warm_n = std::min<std::size_t>(items_for(batch_size), 1'000'000);
-    if (batch_size) warm_n = std::min(warm_n, batch_size * 1000);
-    (void)p->map(std::span<const std::int64_t>(input().data(), warm_n), square);
+// ---------------------------------------------------------------------------
+// The raw socketpair baseline: forked children that square batches in place.
+// ---------------------------------------------------------------------------
+
+void write_all(int fd, const void* p, std::size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n) {
+    const ssize_t w = ::write(fd, c, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) throw std::system_error(errno, std::generic_category(), "raw baseline: write");
+    c += w;
+    n -= static_cast<std::size_t>(w);
   }
-  return *p;
 }
 
-// Full check of one map result; untimed. Returns an error text or "".
-std::string check(std::span<const std::int64_t> in, const std::vector<std::int64_t>& out) {
-  if (out.size() != in.size())
-    return "map returned " + std::to_string(out.size()) + " results for " +
-           std::to_string(in.size()) + " inputs";
-  for (std::size_t i = 0; i < in.size(); ++i)
-    if (out[i] != in[i] * in[i])
-      return "wrong result at index " + std::to_string(i) + ": " + std::to_string(out[i]) +
-             ", expected " + std::to_string(in[i] * in[i]);
-  return {};
+// False on EOF before the first byte.
+bool read_all(int fd, void* p, std::size_t n) {
+  char* c = static_cast<char*>(p);
+  const std::size_t want = n;
+  while (n) {
+    const ssize_t r = ::read(fd, c, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r == 0 && n == want) return false;
+    if (r <= 0) throw std::system_error(r ? errno : EPIPE, std::generic_category(), "raw baseline: read");
+    c += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
 }
 
-// items/s, plus the item count and (for the pool) the worker count.
-void set_counters(benchmark::State& state, std::size_t n, std::size_t workers = 0) {
-  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) *
-                          static_cast<std::int64_t>(n));
-  state.counters["items"] = static_cast<double>(n);
-  if (workers) state.counters["workers"] = static_cast<double>(workers);
-}
-
-void bm_map(benchmark::State& state, std::size_t batch_size) {
-  const std::size_t n = items_for(batch_size);
-  const std::span<const std::int64_t> in(input().data(), n);
-  coshard::process_pool* pool = nullptr;
+// A batch on the wire: an 8-byte item count, then the items.
+[[noreturn]] void raw_child_main(int fd) {
+  std::vector<std::int64_t> buf;
   try {
-    pool = &pool_for(batch_size);
-  } catch (const std::exception& e) {
-    state.SkipWithError((std::string("pool start failed: ") + e.what()).c_str());
+    for (;;) {
+      std::uint64_t n = 0;
+      if (!read_all(fd, &n, sizeof n)) ::_exit(0);
+      buf.resize(n);
+      read_all(fd, buf.data(), n * sizeof(std::int64_t));
+      for (auto& x : buf) x = square(x);
+      write_all(fd, buf.data(), n * sizeof(std::int64_t));
+    }
+  } catch (...) {
+    ::_exit(1);
+  }
+}
+
+class raw_children {
+ public:
+  explicit raw_children(std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) {
+      int sv[2];
+      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+        throw std::system_error(errno, std::generic_category(), "raw baseline: socketpair");
+      // The same socket buffer sizes as coshard's channels (1 MiB).
+      for (int fd : sv) {
+        const int size = 1 << 20;
+        ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+      }
+      const pid_t pid = ::fork();
+      if (pid < 0) throw std::system_error(errno, std::generic_category(), "raw baseline: fork");
+      if (pid == 0) {
+        // Keep no copy of other channels (the pools' or the other children's):
+        // their peers must see EOF when their owners close them.
+        for (int fd = 3; fd < 4096; ++fd)
+          if (fd != sv[1]) ::close(fd);
+        raw_child_main(sv[1]);
+      }
+      ::close(sv[1]);
+      fds_.push_back(sv[0]);
+      pids_.push_back(pid);
+    }
+  }
+  ~raw_children() {
+    for (int fd : fds_) ::close(fd);
+    // Pool workers forked after these children hold copies of their channels,
+    // so EOF may never reach them: end them outright.
+    for (pid_t pid : pids_) ::kill(pid, SIGKILL);
+    for (pid_t pid : pids_) ::waitpid(pid, nullptr, 0);
+  }
+  raw_children(const raw_children&) = delete;
+  raw_children& operator=(const raw_children&) = delete;
+
+  /// One pass: x*x of every input through the children, batch_size items per
+  /// write and, like the pool (batches_in_flight = 2), two batches in flight
+  /// per child, so that a child always has the next batch waiting. Results
+  /// are read straight into a fresh vector, in input order.
+  std::vector<std::int64_t> map(std::span<const std::int64_t> in, std::size_t batch_size) {
+    constexpr std::size_t in_flight = 2;
+    std::vector<std::int64_t> out(in.size());
+    struct sent {
+      std::size_t child, start, count;
+    };
+    std::deque<sent> pending;  // send order; each child answers its batches in order
+    std::vector<std::int64_t> buf;
+    std::size_t next = 0;
+    const auto send = [&](std::size_t child) {
+      const std::size_t n = std::min(batch_size, in.size() - next);
+      buf.resize(1 + n);
+      buf[0] = static_cast<std::int64_t>(n);
+      std::memcpy(buf.data() + 1, in.data() + next, n * sizeof(std::int64_t));
+      write_all(fds_[child], buf.data(), buf.size() * sizeof(std::int64_t));
+      pending.push_back({child, next, n});
+      next += n;
+    };
+    for (std::size_t round = 0; round < in_flight; ++round)
+      for (std::size_t c = 0; c < fds_.size() && next < in.size(); ++c) send(c);
+    while (!pending.empty()) {
+      const sent s = pending.front();
+      pending.pop_front();
+      if (!read_all(fds_[s.child], out.data() + s.start, s.count * sizeof(std::int64_t)))
+        throw std::runtime_error("raw baseline: a child exited");
+      if (next < in.size()) send(s.child);
+    }
+    return out;
+  }
+
+ private:
+  std::vector<int> fds_;
+  std::vector<pid_t> pids_;
+};
+
+raw_children& children() {
+  static raw_children c(bench_workers());
+  return c;
+}
+
+bool squares_of(std::span<const std::int64_t> in, const std::vector<std::int64_t>& out) {
+  if (in.size() != out.size()) return false;
+  for (std::size_t i = 0; i < in.size(); ++i)
+    if (out[i] != in[i] * in[i]) return false;
+  return true;
+}
+
+void bm_raw(benchmark::State& state, std::size_t batch_size) {
+  static const std::vector<std::int64_t> input = iota_input(bench_items());
+  const std::span<const std::int64_t> in(input.data(), items_for(batch_size));
+  std::vector<std::int64_t> out;
+  try {
+    (void)children().map(in.first(std::min<std::size_t>(in.size(), 1'000'000)), batch_size);  // warm-up
     for (auto _ : state) {
+      out = children().map(in, batch_size);
+      benchmark::DoNotOptimize(out.data());
     }
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
     return;
   }
+  if (!squares_of(in, out)) {
+    state.SkipWithError("raw baseline: wrong results");
+    return;
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * in.size()));
+  state.counters["items"] = static_cast<double>(in.size());
+  state.counters["workers"] = static_cast<double>(bench_workers());
+}
 
-  // Each pass pays, like any caller of map, for the fresh result vector (and
-  // for freeing the previous one when `out` is reassigned).
-  std::vector<std::int64_t> out;
-  for (auto _ : state) {
-    try {
-      out = pool->map(in, square);
-    } catch (const std::exception& e) {
-      state.SkipWithError((std::string("map failed: ") + e.what()).c_str());
-      break;
+// One item to one bare child and back: the floor under latency/one_item.
+void bm_raw_latency(benchmark::State& state) {
+  std::vector<double> us;
+  us.reserve(static_cast<std::size_t>(state.max_iterations));
+  const std::int64_t one[1] = {12345};
+  try {
+    for (int i = 0; i < 1000; ++i) (void)children().map(one, 1);
+    for (auto _ : state) {
+      const auto t0 = std::chrono::steady_clock::now();
+      auto out = children().map(one, 1);
+      benchmark::DoNotOptimize(out.data());
+      us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
     }
-    benchmark::DoNotOptimize(out.data());
-  }
-  if (state.error_occurred()) return;
-  if (const std::string err = check(in, out); !err.empty()) {
-    state.SkipWithError(err.c_str());
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
     return;
   }
-  set_counters(state, n, pool->size());
+  std::sort(us.begin(), us.end());
+  state.counters["p50_us"] = us[us.size() / 2];
+  state.counters["p99_us"] = us[std::min(us.size() - 1, us.size() * 99 / 100)];
+  state.counters["max_us"] = us.back();
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()));
 }
 
-// The same work in this process, for scale: builds a new result vector per
-// pass, as map does. With 10^7 items the vector is 80 MB, above glibc's mmap
-// threshold, so every pass also pays the page faults of fresh memory (as map
-// does); sequential/x*x/no-alloc below shows the figure without them.
-void bm_sequential(benchmark::State& state) {
-  const std::size_t n = bench_items();
-  const std::span<const std::int64_t> in(input().data(), n);
-  std::vector<std::int64_t> out;
-  for (auto _ : state) {
-    const std::int64_t* src = in.data();
-    benchmark::DoNotOptimize(src);  // the optimizer cannot assume what src holds
-    std::vector<std::int64_t> r(n);
-    for (std::size_t i = 0; i < n; ++i) r[i] = square(src[i]);
-    benchmark::DoNotOptimize(r.data());
-    benchmark::ClobberMemory();
-    out = std::move(r);
-  }
-  if (const std::string err = check(in, out); !err.empty()) {
-    state.SkipWithError(err.c_str());
-    return;
-  }
-  set_counters(state, n);
-}
+// ---------------------------------------------------------------------------
+// A lazy input that is never materialised.
+// ---------------------------------------------------------------------------
 
-// The loop alone: results written into a vector allocated once.
-void bm_sequential_no_alloc(benchmark::State& state) {
-  const std::size_t n = bench_items();
-  const std::span<const std::int64_t> in(input().data(), n);
-  std::vector<std::int64_t> out(n);
-  for (auto _ : state) {
-    const std::int64_t* src = in.data();
-    benchmark::DoNotOptimize(src);
-    std::int64_t* dst = out.data();
-    for (std::size_t i = 0; i < n; ++i) dst[i] = square(src[i]);
-    benchmark::DoNotOptimize(dst);
-    benchmark::ClobberMemory();
-  }
-  if (const std::string err = check(in, out); !err.empty()) {
-    state.SkipWithError(err.c_str());
-    return;
-  }
-  set_counters(state, n);
-}
-
-// Peak resident set size of this process (VmHWM), in bytes.
-double peak_rss_bytes() {
-  std::FILE* f = std::fopen("/proc/self/status", "r");
-  if (!f) return -1;
-  char line[256];
-  double kb = -1;
-  while (std::fgets(line, sizeof line, f))
-    if (std::sscanf(line, "VmHWM: %lf kB", &kb) == 1) break;
-  std::fclose(f);
-  return kb * 1024;
-}
-
-// Resident set size of this process now, in bytes.
-double rss_bytes() {
-  std::FILE* f = std::fopen("/proc/self/statm", "r");
-  if (!f) return -1;
-  double pages = 0, resident = 0;
-  const int got = std::fscanf(f, "%lf %lf", &pages, &resident);
-  std::fclose(f);
-  return got == 2 ? resident * static_cast<double>(::sysconf(_SC_PAGESIZE)) : -1;
-}
-
-// A lazy std::views::iota of COSHARD_BENCH_LAZY_ITEMS (default 10^9) items
-// through map_reduce: the input is never materialised. Reported:
-// parent_peak_growth_MB, how far the parent's peak RSS rose above its RSS
-// before the job (the other benchmarks' 80 MB vectors are already resident).
+// Reports parent_peak_growth_MB: how far the parent's peak RSS rose above its
+// RSS before the job (the other cases' vectors may already be resident).
 void bm_lazy_map_reduce(benchmark::State& state) {
-  static const std::size_t n = env_size("COSHARD_BENCH_LAZY_ITEMS", 1'000'000'000);
-  coshard::process_pool& pool = pool_for(0);
+  const std::size_t n = env_size("COSHARD_BENCH_LAZY_ITEMS", 1'000'000'000);
   const auto count = static_cast<std::int64_t>(n);
   std::int64_t sum = 0;
-  if (std::FILE* f = std::fopen("/proc/self/clear_refs", "w")) {  // "5" resets VmHWM
-    std::fputs("5", f);
-    std::fclose(f);
-  }
-  const double before = rss_bytes();
-  for (auto _ : state) {
-    sum = pool.map_reduce(std::views::iota(std::int64_t{0}, count),
-                          [](std::int64_t x) { return x & 1023; }, std::plus<>{}, std::int64_t{0});
-    benchmark::DoNotOptimize(sum);
+  try {
+    coshard::process_pool pool({.workers = bench_workers()});
+    coshard::bench::reset_peak_rss();
+    const double before = coshard::bench::rss_bytes();
+    for (auto _ : state) {
+      sum = pool.map_reduce(std::views::iota(std::int64_t{0}, count), [](std::int64_t x) { return x & 1023; },
+                            std::plus<>{}, std::int64_t{0});
+      benchmark::DoNotOptimize(sum);
+    }
+    state.counters["parent_peak_growth_MB"] = (coshard::bench::peak_rss_bytes() - before) / (1 << 20);
+    state.counters["parent_peak_rss_MB"] = coshard::bench::peak_rss_bytes() / (1 << 20);
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    return;
   }
   std::int64_t want = (count / 1024) * (1023 * 1024 / 2);
   for (std::int64_t x = count / 1024 * 1024; x < count; ++x) want += x & 1023;
@@ -257,34 +296,40 @@ void bm_lazy_map_reduce(benchmark::State& state) {
     state.SkipWithError("lazy map_reduce: wrong sum");
     return;
   }
-  set_counters(state, n);
-  state.counters["parent_peak_growth_MB"] = (peak_rss_bytes() - before) / (1 << 20);
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * count);
+  state.counters["items"] = static_cast<double>(n);
 }
 
-// A pass takes 0.1 to 2 s on a 2-core VM (10^7 items, or the capped counts of
-// batch:1 and batch:16), so MinTime 0.5 s means one to a few iterations per
-// repetition: the binary takes about 40 s with --benchmark_repetitions=3.
 [[maybe_unused]] const bool registered = [] {
-  constexpr double min_time_s = 0.5;
-  for (const std::size_t b : {std::size_t{1}, std::size_t{16}, std::size_t{256}, std::size_t{4096},
-                              std::size_t{0}}) {
-    const std::string name = b ? "map/x*x/batch:" + std::to_string(b) : std::string("map/x*x/adaptive");
-    benchmark::RegisterBenchmark(name.c_str(), bm_map, b)
+  const std::size_t workers = bench_workers();
+  const auto sweep_for = [&](std::vector<std::size_t> batches, bool sequential) {
+    return coshard::bench::sweep{.workers = {workers},
+                                 .batch_sizes = std::move(batches),
+                                 .sequential = sequential,
+                                 .warmup_items = 1'000'000};
+  };
+  // The full input with the adaptive sizer and large batches, and the
+  // sequential baseline; small batch sizes on shorter inputs.
+  coshard::bench::register_map("map/x*x", iota_input(items_for(0)), square, sweep_for({0, 4096, 256}, true));
+  coshard::bench::register_map("map/x*x", iota_input(items_for(16)), square, sweep_for({16}, false));
+  coshard::bench::register_map("map/x*x", iota_input(items_for(1)), square, sweep_for({1}, false));
+
+  for (const std::size_t b : {4096, 256, 16, 1})
+    benchmark::RegisterBenchmark(("raw/socketpair/batch:" + std::to_string(b)).c_str(), bm_raw, b)
         ->UseRealTime()
-        ->MinTime(min_time_s)
+        ->MinTime(0.5)
         ->Unit(benchmark::kMillisecond);
-  }
+
+  coshard::bench::register_round_trip("latency/one_item", std::int64_t{12345}, square,
+                                      {.workers = workers});
+  benchmark::RegisterBenchmark("raw/socketpair/latency", bm_raw_latency)
+      ->UseRealTime()
+      ->Iterations(20'000)
+      ->Unit(benchmark::kMicrosecond);
+
   benchmark::RegisterBenchmark("map_reduce/lazy_iota", bm_lazy_map_reduce)
       ->UseRealTime()
       ->Iterations(1)
-      ->Unit(benchmark::kMillisecond);
-  benchmark::RegisterBenchmark("sequential/x*x", bm_sequential)
-      ->UseRealTime()
-      ->MinTime(min_time_s)
-      ->Unit(benchmark::kMillisecond);
-  benchmark::RegisterBenchmark("sequential/x*x/no-alloc", bm_sequential_no_alloc)
-      ->UseRealTime()
-      ->MinTime(min_time_s)
       ->Unit(benchmark::kMillisecond);
   return true;
 }();
