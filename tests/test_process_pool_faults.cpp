@@ -9,6 +9,9 @@
 #include <asio/bind_executor.hpp>
 #include <asio/cancellation_signal.hpp>
 #include <asio/steady_timer.hpp>
+#include <asio/use_future.hpp>
+#include <asio/detached.hpp>
+#include <asio/co_spawn.hpp>
 #include <catch2/catch.hpp>
 #include <fcntl.h>
 #include <signal.h>
@@ -225,6 +228,57 @@ TEST_CASE("a worker SIGKILLed from outside mid-task: its batches are retried, no
     const auto now = pool.worker_pids();
     for (int v = 0; v < victims; ++v)
       CHECK(std::find(now.begin(), now.end(), pids[static_cast<std::size_t>(v)]) == now.end());
+  });
+}
+
+TEST_CASE("jobs alternating between executors, small and large, survive idle workers killed between them") {
+  // Sockets stay registered with the pool's own loop from job to job, small
+  // jobs skip job_end, and a job only starts on the workers it has batches
+  // for: none of this may lose a dead worker or mix two jobs' frames.
+  with_pool({.workers = 3}, [](coshard::process_pool& pool) {
+    const auto in = iota_vector(5'000);
+    const long want = 3 * expected_sum(5'000);
+    const auto times3 = [](long x) { return x * 3; };
+    const auto total = [](const std::vector<long>& v) { return std::accumulate(v.begin(), v.end(), 0L); };
+    const std::string big(200'000, 'x');  // a job_start above 64 KiB: its job_end is sent
+    std::vector<pid_t> killed;
+    for (int round = 0; round < 24; ++round) {
+      INFO("round " << round);
+      switch (round % 4) {
+        case 0:  // the pool's own loop, in this thread
+          REQUIRE(total(pool.map(in, times3)) == want);
+          break;
+        case 1:  // the pool's background thread
+          REQUIRE(total(pool.async_map(in, times3, asio::use_future).get()) == want);
+          break;
+        case 2: {  // the caller's io_context
+          asio::io_context io;
+          long got = 0;
+          asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+            got = total(co_await pool.async_map(in, times3, asio::use_awaitable));
+          }, asio::detached);
+          io.run();
+          REQUIRE(got == want);
+          break;
+        }
+        default:
+          REQUIRE(total(pool.map(in, [](const std::string& s, long x) {
+                    return x * 3 + static_cast<long>(s.size()) - 200'000;
+                  }, big)) == want);
+      }
+      // A one-item job needs one worker; the others are not told of it.
+      REQUIRE(pool.map(std::vector<long>{round}, times3) == std::vector<long>{3L * round});
+      if (round % 3 == 2) {  // an idle worker dies between jobs
+        const pid_t victim = pool.worker_pids()[static_cast<std::size_t>(round / 3 % 3)];
+        ::kill(victim, SIGKILL);
+        killed.push_back(victim);
+        std::this_thread::sleep_for(20ms);
+      }
+    }
+    REQUIRE(total(pool.map(in, times3)) == want);
+    const auto now = pool.worker_pids();
+    CHECK(now.size() == 3);
+    for (pid_t dead : killed) CHECK(std::find(now.begin(), now.end(), dead) == now.end());
   });
 }
 

@@ -382,9 +382,13 @@ class process_pool {
     std::shared_ptr<cancel_target> target_;
   };
 
+  // `home`: the pool's own io_context the job runs on, if it does; the
+  // workers' sockets then stay registered with it from job to job.
   template <class Job>
-  static asio::awaitable<typename Job::value_type> run_guarded(process_pool* self, Job j) {
+  static asio::awaitable<typename Job::value_type> run_guarded(process_pool* self, Job j,
+                                                               asio::io_context* home) {
     busy_scope busy(*self);
+    if (home) j.keep_sockets_on(*home);
     cancel_scope cancellable(*self, j, co_await asio::this_coro::executor);
     self->workers_.replace_broken();
     co_return co_await j.run();
@@ -396,7 +400,7 @@ class process_pool {
     std::optional<typename Job::value_type> out;
     asio::co_spawn(
         io_,
-        [&]() -> asio::awaitable<void> { out.emplace(co_await run_guarded(this, std::move(j))); },
+        [&]() -> asio::awaitable<void> { out.emplace(co_await run_guarded(this, std::move(j), &io_)); },
         [&](std::exception_ptr e) { error = e; });
     io_.restart();
     io_.run();
@@ -422,10 +426,10 @@ class process_pool {
           using own_executor = asio::associated_executor_t<handler_type, asio::system_executor>;
           if constexpr (detail::is_io_executor<own_executor>::value) {
             auto ex = asio::make_strand(asio::get_associated_executor(handler));
-            asio::co_spawn(ex, run_guarded(this, std::move(j)), std::move(handler));
+            asio::co_spawn(ex, run_guarded(this, std::move(j), nullptr), std::move(handler));
           } else {
             auto ex = background_executor();
-            asio::co_spawn(ex, run_guarded(this, std::move(j)), std::move(handler));
+            asio::co_spawn(ex, run_guarded(this, std::move(j), &background_), std::move(handler));
           }
         },
         token, std::move(j));

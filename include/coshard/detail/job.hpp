@@ -131,6 +131,7 @@ class job {
   using socket = asio::local::stream_protocol::socket;
   static constexpr std::uint64_t job_start_batch = ~std::uint64_t{0};
   static constexpr int max_idle_deaths = 50;
+  static constexpr std::size_t max_lingering_job_bytes = 64 * 1024;
   static constexpr bool fixed_size_items = bitwise_serializable<T>;
 
   // The parent's side of one worker during this job.
@@ -194,6 +195,11 @@ class job {
     if (item_failure_) std::rethrow_exception(item_failure_);
     co_return collector_.take();
   }
+
+  /// Lets the job keep the workers' sockets registered with `ctx` after it
+  /// ends (it must run on `ctx`, an io_context that outlives the workers'
+  /// channels: one of the pool's own).
+  void keep_sockets_on(asio::io_context& ctx) { home_ = &ctx; }
 
   /// Stops dispatching, asks every worker to cancel what it runs, and lets the
   /// job complete with operation_aborted. Call on the job's executor.
@@ -386,15 +392,17 @@ class job {
     return h;
   }
 
-  // Hands the fd back without closing it when the incarnation ends, however it ends.
+  // When the incarnation ends, however it ends: hands the fd of a socket
+  // made for this incarnation back without closing it. (The slot's kept
+  // socket is released by the worker_set whenever it closes the fd.)
   struct socket_lease {
-    socket& s;
+    socket* own;
     channel& ch;
     ~socket_lease() {
       ch.sock = nullptr;
       ch.reading = false;
       asio::error_code ec;
-      if (s.is_open()) s.release(ec);
+      if (own && own->is_open()) own->release(ec);
     }
   };
 
@@ -423,11 +431,22 @@ class job {
       bool corrupt = false;
       std::size_t answered = 0;
       {
-        socket sock(ex);
-        sock.assign(asio::local::stream_protocol(), slot.fd);
-        ch.sock = &sock;
+        // On the pool's own io_context the slot's registered socket is
+        // reused; on any other executor the fd is registered for this
+        // incarnation only (it cannot stay registered with a reactor the
+        // pool does not own).
+        std::optional<socket> own;
+        if (home_) {
+          ch.sock = &slot.socket_on(*home_);
+        } else {
+          slot.release_socket();
+          own.emplace(ex);
+          own->assign(asio::local::stream_protocol(), slot.fd);
+          ch.sock = &*own;
+        }
+        socket& sock = *ch.sock;
         ch.cancel_sent = false;
-        socket_lease lease{sock, ch};
+        socket_lease lease{own ? &*own : nullptr, ch};
         try {
           if (!co_await incarnation(i, sock, answered)) co_return;
         } catch (const serialization_error& e) {
@@ -440,6 +459,7 @@ class job {
       if (cause.empty() && !corrupt) {
         // Retiring (item or memory limit): it exits on EOF; replace it.
         const pid_t old = slot.pid;
+        slot.release_socket();
         ::close(slot.fd);
         slot.fd = -1;
         (void)co_await reap(old);
@@ -562,7 +582,12 @@ class job {
         slot.retire = true;
       if (input_done_ && retry_.empty() && all_answered()) notify();
     }
-    if (started) co_await write_frame(sock, header(frame_type::job_end), {});
+    // job_end only frees the worker's copy of the job early; the next
+    // job_start replaces it anyway. A small job is left in place instead,
+    // saving a write here and a wake-up of the worker; a large one (a big
+    // shared value) is freed now.
+    if (started && job_start_.size() > max_lingering_job_bytes)
+      co_await write_frame(sock, header(frame_type::job_end), {});
     co_return false;
   }
 
@@ -685,6 +710,7 @@ class job {
   std::uint64_t job_id_;
   View inputs_;
   byte_buffer job_start_;
+  asio::io_context* home_ = nullptr;
   Collector collector_;
   batch_sizer sizer_;
   std::size_t max_held_;
