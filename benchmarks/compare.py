@@ -54,7 +54,7 @@ CPP_BINARIES = ["bench_dispatch", "bench_sum_to_num", "bench_ngram", "bench_io_f
                 "bench_serialization"]
 PYTHON_SCRIPTS = ["dispatch", "sum_to_num", "ngram"]
 DEFAULT_NGRAM_FILE = "/tmp/coshard-ngram-200mb.tsv"
-BATCHES = [1, 16, 256, 4096]
+BATCHES = [1, 16, 256, 4096, 131072]
 # --quick: sizes for a smoke test of the whole chain (the numbers mean nothing).
 QUICK_ENV = {"COSHARD_BENCH_ITEMS": "100000", "COSHARD_BENCH_LAZY_ITEMS": "10000000"}
 QUICK_PYTHON_ARGS = {"dispatch": ["--items", "200000", "--small-items", "2000",

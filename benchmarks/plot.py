@@ -42,7 +42,7 @@ sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True  # keep __pycache__ out of the source tree
 from compare import Result, load_results  # noqa: E402  (shared JSON loading)
 
-BATCHES = [1, 16, 256, 4096]
+BATCHES = [1, 16, 256, 4096, 131072]
 COLORS = {"coshard": "tab:blue", "raw": "tab:gray", "threads": "tab:green",
           "python": "tab:orange", "cpp_seq": "tab:purple"}
 

@@ -11,7 +11,8 @@
 //                                              (B = adaptive: batch_size 0)
 //   map/x*x/sequential                         the loop in this process, into a
 //                                              fresh vector per pass, as map returns
-//   raw/socketpair/batch:B                     the physical limit: the same items
+//   raw/socketpair/batch:B                     the physical limit (B up to 131072 =
+//                                              1 MiB, the pool's largest batch): the same items
 //                                              pushed by a bare loop through one
 //                                              socketpair per forked child (memcpy +
 //                                              one write and one read per batch),
@@ -310,11 +311,13 @@ void bm_lazy_map_reduce(benchmark::State& state) {
   };
   // The full input with the adaptive sizer and large batches, and the
   // sequential baseline; small batch sizes on shorter inputs.
-  coshard::bench::register_map("map/x*x", iota_input(items_for(0)), square, sweep_for({0, 4096, 256}, true));
+  coshard::bench::register_map("map/x*x", iota_input(items_for(0)), square, sweep_for({0, 131072, 4096, 256}, true));
   coshard::bench::register_map("map/x*x", iota_input(items_for(16)), square, sweep_for({16}, false));
   coshard::bench::register_map("map/x*x", iota_input(items_for(1)), square, sweep_for({1}, false));
 
-  for (const std::size_t b : {4096, 256, 16, 1})
+  // 131072 items = 1 MiB, the pool's largest batch (max_batch_bytes): what
+  // the adaptive sizer moves toward on a long input of cheap items.
+  for (const std::size_t b : {131072, 4096, 256, 16, 1})
     benchmark::RegisterBenchmark(("raw/socketpair/batch:" + std::to_string(b)).c_str(), bm_raw, b)
         ->UseRealTime()
         ->MinTime(0.5)
