@@ -200,9 +200,36 @@ class task_runner final : public job_runner {
     }
   }
 
+  // Trivially copyable inputs: the batch's size is checked once, then each
+  // item is a plain copy out of the payload (no per-item bounds check or
+  // exception scope: a third of a trivial item's cost in the worker).
+  static constexpr bool raw_inputs = bitwise_serializable<T>;
+
+  // False (and the batch answered as undecodable) unless the payload holds
+  // exactly h.count items.
+  bool raw_batch_size_ok(const frame_header& h, std::span<const std::byte> payload) {
+    if (payload.size() == std::size_t{h.count} * sizeof(T)) return true;
+    const std::size_t whole = payload.size() / sizeof(T);
+    const std::uint64_t bad = h.first_index + std::min<std::size_t>(whole, h.count ? h.count - 1 : 0);
+    send_task_failed(ctx_, h,
+                     {failure_kind::undecodable, bad,
+                      {"coshard::serialization_error",
+                       "coshard: corrupt batch: " + std::to_string(payload.size()) + " bytes for " +
+                           std::to_string(h.count) + " items of " + std::to_string(sizeof(T)) + " bytes"}});
+    return false;
+  }
+
+  static T load_raw(const std::byte* p) {
+    alignas(T) std::byte raw[sizeof(T)];
+    std::memcpy(raw, p, sizeof(T));
+    return *std::launder(reinterpret_cast<T*>(raw));
+  }
+
   // Plain functions: one pass over the payload, no coroutine frame per item.
   void run_batch_inline(const frame_header& h, std::span<const std::byte> payload) {
     const std::uint64_t t0 = steady_now_ns();
+    if constexpr (raw_inputs)
+      if (!raw_batch_size_ok(h, payload)) return;
     input_archive in(payload);
     byte_buffer out = ctx_.take_buffer();
     std::optional<Acc> acc;
@@ -212,12 +239,16 @@ class task_runner final : public job_runner {
     for (std::uint32_t i = 0; i < h.count; ++i) {
       const std::uint64_t index = h.first_index + i;
       std::optional<T> decoded;
-      try {
-        decoded.emplace(decode_one<T>(in));
-      } catch (...) {
-        // The rest of the payload cannot be located: give the batch back.
-        send_task_failed(ctx_, h, {failure_kind::undecodable, index, describe_current_exception()});
-        return;
+      if constexpr (raw_inputs) {
+        decoded.emplace(load_raw(payload.data() + std::size_t{i} * sizeof(T)));
+      } else {
+        try {
+          decoded.emplace(decode_one<T>(in));
+        } catch (...) {
+          // The rest of the payload cannot be located: give the batch back.
+          send_task_failed(ctx_, h, {failure_kind::undecodable, index, describe_current_exception()});
+          return;
+        }
       }
       T& item = *decoded;
       if (timeout) {
@@ -242,7 +273,7 @@ class task_runner final : public job_runner {
       }
       watch.deadline_ns.store(0, std::memory_order_release);
     }
-    check_fully_consumed(in, "batch");
+    if constexpr (!raw_inputs) check_fully_consumed(in, "batch");
     if constexpr (is_reduce) {
       try {
         encode_value(out, *acc);
@@ -281,17 +312,23 @@ class task_runner final : public job_runner {
     auto b = std::make_shared<batch_state>();
     b->header = h;
     b->started_ns = steady_now_ns();
-    input_archive in(payload);
     b->inputs.reserve(h.count);
-    for (std::uint32_t i = 0; i < h.count; ++i) {
-      try {
-        b->inputs.push_back(decode_one<T>(in));
-      } catch (...) {
-        send_task_failed(ctx_, h, {failure_kind::undecodable, h.first_index + i, describe_current_exception()});
-        return;
+    if constexpr (raw_inputs) {
+      if (!raw_batch_size_ok(h, payload)) return;
+      for (std::uint32_t i = 0; i < h.count; ++i)
+        b->inputs.push_back(load_raw(payload.data() + std::size_t{i} * sizeof(T)));
+    } else {
+      input_archive in(payload);
+      for (std::uint32_t i = 0; i < h.count; ++i) {
+        try {
+          b->inputs.push_back(decode_one<T>(in));
+        } catch (...) {
+          send_task_failed(ctx_, h, {failure_kind::undecodable, h.first_index + i, describe_current_exception()});
+          return;
+        }
       }
+      check_fully_consumed(in, "batch");
     }
-    check_fully_consumed(in, "batch");
     if constexpr (is_reduce)
       b->out = init_;
     else
