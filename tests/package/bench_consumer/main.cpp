@@ -1,7 +1,7 @@
-// A user's own benchmark over coshard::benchmark: registers a task with
-// register_map / register_map_reduce / register_round_trip, runs every case
-// briefly, and fails (exit 1) unless each expected case ran without error and
-// reported its counters.
+// A user's own benchmark over coshard::benchmark: register.cpp (the README's
+// snippet) registers a task with register_map / register_map_reduce /
+// register_round_trip; this main runs every case briefly and fails (exit 1)
+// unless each expected case ran without error and reported its counters.
 #include <coshard/benchmark.hpp>
 
 #include <cstdint>
@@ -38,16 +38,6 @@ class checking_reporter : public benchmark::BenchmarkReporter {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::int64_t> inputs(20'000);
-  for (std::size_t i = 0; i < inputs.size(); ++i) inputs[i] = static_cast<std::int64_t>(i);
-  const coshard::bench::sweep quick{.workers = {1, 2}, .batch_sizes = {0, 64}, .min_time_s = 0.01};
-
-  coshard::bench::register_map("cube", inputs, [](std::int64_t x) { return x * x * x; }, quick);
-  coshard::bench::register_map_reduce("sum", inputs, [](std::int64_t x) { return x % 7; }, std::plus<>{},
-                                      std::int64_t{0}, quick);
-  coshard::bench::register_round_trip("one", std::int64_t{3}, [](std::int64_t x) { return x + 1; },
-                                      {.workers = 1}, 200);
-
   benchmark::Initialize(&argc, argv);
   checking_reporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
