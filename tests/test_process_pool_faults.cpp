@@ -287,6 +287,56 @@ TEST_CASE("jobs alternating between executors, small and large, survive idle wor
   });
 }
 
+TEST_CASE("a worker that died while idle costs the next job's items none of their retries") {
+  // The first write to the dead worker fails: the batch never reached it, so
+  // it is re-queued as it was, even with max_retries = 0.
+  with_pool({.workers = 1, .batch_size = 1, .max_retries = 0}, [](coshard::process_pool& pool) {
+    const auto times3 = [](long x) { return x * 3; };
+    for (int round = 0; round < 5; ++round) {
+      INFO("round " << round);
+      REQUIRE(pool.map(std::vector<long>{round}, times3) == std::vector<long>{3L * round});
+      const pid_t victim = pool.worker_pids().front();
+      ::kill(victim, SIGKILL);
+      std::this_thread::sleep_for(20ms);
+      REQUIRE(pool.map(std::vector<long>{7, 8}, times3) == std::vector<long>{21, 24});
+      CHECK(pool.worker_pids().front() != victim);
+    }
+  });
+}
+
+TEST_CASE("a blocking call from a second thread while one runs is refused, not run on that thread") {
+  with_pool({.workers = 2, .concurrency = 8}, [](coshard::process_pool& pool) {
+    std::atomic<bool> first_result{false};
+    std::size_t delivered = 0;
+    std::chrono::steady_clock::time_point a_done, refused_at;
+    // 160 items of 50 ms, 16 at a time: results keep coming for ~450 ms
+    // after the first one.
+    std::jthread a([&] {
+      delivered = pool.for_each_result(iota_vector(160), [](long x) -> asio::awaitable<long> {
+        asio::steady_timer t(co_await asio::this_coro::executor, 50ms);
+        co_await t.async_wait(asio::use_awaitable);
+        co_return x;
+      }, [&](std::size_t, long) { first_result.store(true); });
+      a_done = std::chrono::steady_clock::now();
+    });
+    while (!first_result.load()) std::this_thread::sleep_for(1ms);
+    std::string refused;
+    try {
+      (void)pool.map(std::vector<long>{1, 2, 3}, [](long x) { return x; });
+    } catch (const coshard::pool_error& e) {
+      refused = e.what();
+      refused_at = std::chrono::steady_clock::now();
+    }
+    a.join();
+    CHECK(delivered == 160);
+    // At once: the refused caller must not join the running job's event loop.
+    CHECK(refused_at < a_done);
+    CHECK(refused.find("already running a job") != std::string::npos);
+    // And the pool serves the next caller normally.
+    CHECK(pool.map(std::vector<long>{1, 2, 3}, [](long x) { return x * 2; }) == std::vector<long>{2, 4, 6});
+  });
+}
+
 // Set before a pool is created, so that its forked workers see it.
 char first_attempt_marker[128];
 

@@ -3,7 +3,7 @@
 //
 //   #include <coshard/benchmark.hpp>
 //   const bool registered = [] {
-//     coshard::bench::register_map("parse", pages, parse_page,
+//     coshard::bench::register_map("parse", pages, [](std::string page) { return parse(page); },
 //                                  {.workers = {1, 2, 4}, .batch_sizes = {0, 64}});
 //     return true;
 //   }();

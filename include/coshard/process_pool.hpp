@@ -387,7 +387,8 @@ class process_pool {
   template <class Job>
   static asio::awaitable<typename Job::value_type> run_guarded(process_pool* self, Job j,
                                                                asio::io_context* home) {
-    busy_scope busy(*self);
+    std::optional<busy_scope> busy;
+    if (home != &self->io_) busy.emplace(*self);  // run_blocking claimed the pool already
     if (home) j.keep_sockets_on(*home);
     cancel_scope cancellable(*self, j, co_await asio::this_coro::executor);
     self->workers_.replace_broken();
@@ -396,6 +397,9 @@ class process_pool {
 
   template <class Job>
   typename Job::value_type run_blocking(Job j) {
+    // Claimed before io_ is touched: a second thread's blocking call must
+    // fail here, not run this job's handlers on its own thread.
+    busy_scope busy(*this);
     std::exception_ptr error;
     std::optional<typename Job::value_type> out;
     asio::co_spawn(

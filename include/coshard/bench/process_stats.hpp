@@ -44,10 +44,10 @@ inline bool reset_peak_rss() {
 }
 
 /// The positive integer in environment variable `name`, or `fallback` when it
-/// is unset, empty, zero or not a number.
+/// is unset, empty, zero, negative or not a number.
 inline std::size_t env_size(const char* name, std::size_t fallback) {
   const char* s = std::getenv(name);
-  if (!s || !*s) return fallback;
+  if (!s || !*s || *s == '-') return fallback;  // strtoull would wrap "-1" around
   char* end = nullptr;
   const unsigned long long v = std::strtoull(s, &end, 10);
   if (end == s || *end != '\0' || v == 0) return fallback;

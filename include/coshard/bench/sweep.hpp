@@ -30,7 +30,8 @@ struct sweep {
   bool sequential = true;
   /// Check the pool's result (of the last timed pass) against the in-process
   /// result, computed once, untimed; a mismatch fails the benchmark. Needs
-  /// the result to be equality comparable (ignored otherwise).
+  /// the result to be equality comparable (ignored otherwise); a floating
+  /// point accumulator may differ by 1e-9 relative (another fold order).
   bool verify = true;
   /// Minimum measuring time per benchmark, seconds (benchmark::MinTime).
   double min_time_s = 0.5;

@@ -419,7 +419,9 @@ class job {
           fail(std::make_exception_ptr(pool_error("coshard: the pool was shut down during the job")));
           co_return;
         }
-        // Keep the pool at full strength even when this job needs no more of it.
+        // Keep the pool at full strength even when this job needs no more of
+        // it. (A worker that dies while idle between jobs is noticed only by
+        // the next job that has a batch for it.)
         workers_.restart(slot);
         if (stopping() || (input_done_ && retry_.empty() && ch.held.empty())) co_return;
       }
@@ -528,11 +530,20 @@ class job {
         h.first_index = b.first;
         h.count = b.count;
         h.payload_size = b.payload.size();
-        if (started) {
-          co_await write_frame(sock, h, b.payload.view());
-        } else {
-          started = true;
-          co_await write_frames(sock, start, job_start_.view(), h, b.payload.view());
+        try {
+          if (started) {
+            co_await write_frame(sock, h, b.payload.view());
+          } else {
+            started = true;
+            co_await write_frames(sock, start, job_start_.view(), h, b.payload.view());
+          }
+        } catch (const std::system_error&) {
+          // The worker never received this batch whole (e.g. it died while
+          // idle, before this job), so the batch cannot be to blame for the
+          // death: it goes back to the queue as it was, with no crash
+          // counted, and a death with nothing else held counts as idle.
+          unsend_last(ch, slot);
+          throw;
         }
       }
       if (cancelled_ && started && !ch.cancel_sent) {
@@ -589,6 +600,17 @@ class job {
     if (started && job_start_.size() > max_lingering_job_bytes)
       co_await write_frame(sock, header(frame_type::job_end), {});
     co_return false;
+  }
+
+  // Takes the batch whose write just failed back from the worker's held list.
+  void unsend_last(channel& ch, worker_slot& slot) {
+    batch_record rec = std::move(ch.held.back());
+    ch.held.pop_back();
+    slot.items_assigned -= std::min<std::size_t>(slot.items_assigned, rec.count);
+    retry_.push_back(std::move(rec));
+    std::sort(retry_.begin(), retry_.end(), [](const batch_record& a, const batch_record& b) {
+      return a.first < b.first;
+    });
   }
 
   // Polls for the exit status without blocking the executor; a worker still
