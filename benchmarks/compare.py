@@ -116,6 +116,8 @@ def run_python(args: argparse.Namespace) -> list[str]:
                 print(f"!! skipping python/ngram: {msg}", flush=True)
                 continue
             cmd += ["--input", ngram_file]
+            if not args.workers:  # else it would run at os.cpu_count() only
+                cmd += ["--workers", str(args.target_workers)]
         if os.path.exists(out_json):
             os.remove(out_json)
         rc = _run(cmd, None)
@@ -181,6 +183,10 @@ class Result:
     @property
     def real_ms(self) -> float:
         return self.entry["real_time"] * TIME_SCALE_TO_MS.get(self.entry.get("time_unit", "ns"), 1e-6)
+
+    def field(self, key: str) -> float | None:
+        """A counter, or "real_ms" for the wall time in milliseconds."""
+        return self.real_ms if key == "real_ms" else self.get(key)
 
     def get(self, key: str) -> float | None:
         v = self.entry.get(key)
@@ -312,7 +318,7 @@ class Table:
         res = self.find(name, prefix)
         if res is None:
             return None
-        v = res.real_ms if field == "real_ms" else res.get(field)
+        v = res.field(field)
         if v is None:
             self.missing.add(f"{name} (field {field})")
         return v

@@ -40,9 +40,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True  # keep __pycache__ out of the source tree
-from compare import Result, load_results  # noqa: E402  (shared JSON loading)
+from compare import BATCHES, Result, load_results  # noqa: E402  (shared JSON loading and names)
 
-BATCHES = [1, 16, 256, 4096, 131072]
 COLORS = {"coshard": "tab:blue", "raw": "tab:gray", "threads": "tab:green",
           "python": "tab:orange", "cpp_seq": "tab:purple"}
 
@@ -79,10 +78,10 @@ class Data:
             print(f"plot.py: {p}")
         self.label = label or self.machine_label()
 
-    def machine(self, prefer: str = "bench_") -> dict:
+    def machine(self) -> dict:
         """The context of a C++ results file if there is one, else any."""
         for src, ctx in sorted(self.contexts.items()):
-            if src.startswith(prefer):
+            if src.startswith("bench_"):
                 return ctx
         return next(iter(self.contexts.values()), {})
 
@@ -94,14 +93,9 @@ class Data:
         ctx = self.machine()
         return f"{ctx.get('host_name', '?')}, {ctx.get('num_cpus', '?')} CPUs" if ctx else ""
 
-    def get(self, name: str, field: str, prefix: bool = False) -> float | None:
+    def get(self, name: str, field: str) -> float | None:
         res: Result | None = self.results.get(name)
-        if res is None and prefix:
-            hits = sorted(n for n in self.results if n.startswith(name + "/"))
-            res = self.results[hits[0]] if hits else None
-        if res is None:
-            return None
-        return res.real_ms if field == "real_ms" else res.get(field)
+        return None if res is None else res.field(field)
 
     def series(self, pattern: str, field: str) -> dict[int, float]:
         """{W: value} over names matching pattern (a regex whose group 1 is W)."""
@@ -109,7 +103,7 @@ class Data:
         for n in sorted(self.results):
             m = re.fullmatch(pattern, n)
             if m:
-                v = self.results[n].real_ms if field == "real_ms" else self.results[n].get(field)
+                v = self.results[n].field(field)
                 if v is not None:
                     out.setdefault(int(m.group(1)), v)
         return out

@@ -8,7 +8,7 @@
 #
 # Extra arguments for compare.py can be given in COMPARE_ARGS, e.g.
 #   COMPARE_ARGS="--repetitions 5" scripts/run-benchmarks.sh
-# Takes about 5 minutes on 2 cores (the Python ngram run alone is ~30 s).
+# Takes about 6 minutes on 2 cores (the Python ngram run alone is ~30 s).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

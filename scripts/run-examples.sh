@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/install-deps.sh python3-doc
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOSHARD_BUILD_EXAMPLES=ON
-cmake --build build -j2
+cmake --build build -j2 --target quickstart sum_to_num crawler ngram_count
 
 examples=(
   quickstart

@@ -85,9 +85,9 @@ async def bench_gather_batches(ex: ProcessPoolExecutor, n: int, batch: int) -> M
 
 
 def percentile(sorted_xs: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list (q in 0..100)."""
-    k = max(0, min(len(sorted_xs) - 1, round(q / 100 * len(sorted_xs) + 0.5) - 1))
-    return sorted_xs[k]
+    """Percentile of an already sorted list (q in 0..100), by the rule of the
+    C++ side (coshard::bench::set_latency_counters): element floor(q*n)."""
+    return sorted_xs[min(len(sorted_xs) - 1, int(q / 100 * len(sorted_xs)))]
 
 
 async def bench_latency(ex: ProcessPoolExecutor, samples: int) -> Measurement:
@@ -126,6 +126,8 @@ async def main() -> None:
     with ProcessPoolExecutor(max_workers=args.workers) as ex:
         # Warm-up: start every worker process and touch the code paths; not timed.
         list(ex.map(square, range(args.workers * 64), chunksize=16))
+        # ...and the large-chunk path, whose first call is several times slower.
+        list(ex.map(square, range(2 * args.workers * args.batch), chunksize=args.batch))
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(ex, square, i) for i in range(args.workers * 8)))
 
