@@ -264,11 +264,7 @@ void bm_raw_latency(benchmark::State& state) {
     state.SkipWithError(e.what());
     return;
   }
-  std::sort(us.begin(), us.end());
-  state.counters["p50_us"] = us[us.size() / 2];
-  state.counters["p99_us"] = us[std::min(us.size() - 1, us.size() * 99 / 100)];
-  state.counters["max_us"] = us.back();
-  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()));
+  coshard::bench::set_latency_counters(state, std::move(us));
 }
 
 // ---------------------------------------------------------------------------

@@ -112,10 +112,9 @@ std::vector<page_result> crawl(coshard::process_pool& pool, const crawler::url& 
     for (page_result& p : fetched) {
       for (const std::string& link : p.links) {
         if (max_pages != 0 && seen.size() >= max_pages) break;
-        // Workers already keep only links to the page's own host; a redirect
-        // may have led elsewhere, so check against the start URL too.
-        auto u = crawler::parse_url(link);
-        if (u && u->same_origin(start) && seen.insert(link).second) next.push_back(link);
+        // Workers keep only links on the fetched page's own origin (a
+        // redirect's Location too), and every page comes from the start's.
+        if (seen.insert(link).second) next.push_back(link);
       }
       sum.add(p);
       pages.push_back(std::move(p));

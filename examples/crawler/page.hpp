@@ -4,7 +4,6 @@
 
 #include <coshard/coshard.hpp>
 
-#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <string>

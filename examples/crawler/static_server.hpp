@@ -59,7 +59,6 @@ class static_server {
 
   struct request {
     std::string target;
-    unsigned method = 0;
     bool complete = false;
   };
 

@@ -34,13 +34,10 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <system_error>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -255,10 +252,6 @@ void print_summary(const word_counts& result, std::size_t files, std::size_t chu
   }
 }
 
-bool same_result(const word_counts& a, const word_counts& b) {
-  return a.total == b.total && a.lines == b.lines && a.bad_lines == b.bad_lines && a.bytes == b.bytes &&
-         a.words == b.words;
-}
 
 }  // namespace
 
@@ -347,7 +340,7 @@ int main(int argc, char** argv) {
       std::printf("sequential_seconds: %.3f\n", seq_seconds);
       std::printf("sequential_mb_per_s: %.1f\n", mb_per_s(seq.bytes, seq_seconds));
       std::printf("speedup: %.2f\n", seconds > 0 ? seq_seconds / seconds : 0.0);
-      const bool ok = same_result(result, seq);
+      const bool ok = result == seq;
       std::printf("verify: %s\n", ok ? "ok" : "MISMATCH");
       if (!ok) return 1;
     }

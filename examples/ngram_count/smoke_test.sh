@@ -78,6 +78,8 @@ lookups=(--word Aardvark --word "$w1" --word "$w2" --word "$w3")
 # Small chunks so that the file is cut in several places.
 "$bin" "$ngrams" --workers 2 --chunk-mb 0.5 --verify "${lookups[@]}" >"$tmp/plain.out"
 compare_ngram_run "plain file, $(value chunks "$tmp/plain.out") chunks" "$tmp/plain.out"
+# The chunk boundaries are what this run tests: the file must really be cut.
+check "several chunks" yes "$( (($(value chunks "$tmp/plain.out") > 1)) && echo yes || echo no)"
 check "--verify" ok "$(value verify "$tmp/plain.out")"
 
 # --- 2. the same file gzipped -------------------------------------------------
@@ -110,6 +112,7 @@ done | tr -cs 'A-Za-z' '\n' | tr 'A-Z' 'a-z' | grep -v '^$' | sort | uniq -c >"$
 "$bin" --text "$tree" --workers 2 --chunk-mb 0.25 --top 1 --word Aardvark --word the --word words \
   --word caf --word zzznotaword --verify >"$tmp/text.out"
 echo "--text, $(value files "$tmp/text.out") files, $(value chunks "$tmp/text.out") chunks:"
+check "big.txt cut up" yes "$( (($(value chunks "$tmp/text.out") > $(value files "$tmp/text.out"))) && echo yes || echo no)"
 check total "$(awk '{ s += $1 } END { print s }' "$tmp/text-ref.txt")" "$(value total "$tmp/text.out")"
 check distinct_words "$(wc -l <"$tmp/text-ref.txt" | tr -d ' ')" "$(value distinct_words "$tmp/text.out")"
 for w in aardvark the words caf zzznotaword; do

@@ -46,13 +46,15 @@ int main(int argc, char** argv) {
 
   const auto t0 = std::chrono::steady_clock::now();
   bool all_right = true;
-  pool.for_each_result(sizes, [](std::uint64_t n) { return sum_to_num(n); },
+  std::size_t arrived = 0;
+  const std::size_t delivered = pool.for_each_result(sizes, [](std::uint64_t n) { return sum_to_num(n); },
                        [&](std::size_t index, const timed_sum& r) {
                          const double since_start = std::chrono::duration<double>(
                                                         std::chrono::steady_clock::now() - t0)
                                                         .count();
                          const bool right = r.sum == r.n * (r.n - 1) / 2;
                          all_right = all_right && right;
+                         ++arrived;
                          std::printf("input %zu: sum_to_num(%llu) = %llu in %.3f s (arrived at %.3f s)%s\n",
                                      index, static_cast<unsigned long long>(r.n),
                                      static_cast<unsigned long long>(r.sum), r.seconds, since_start,
@@ -60,5 +62,9 @@ int main(int argc, char** argv) {
                        });
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("all done in %.3f s\n", total);
+  if (arrived != sizes.size() || delivered != sizes.size()) {
+    std::printf("WRONG: %zu of %zu results arrived\n", arrived, sizes.size());
+    return 1;
+  }
   return all_right ? 0 : 1;
 }

@@ -6,6 +6,7 @@
 #include "coshard/bench/detail/in_process.hpp"
 #include "coshard/bench/detail/pool_cache.hpp"
 #include "coshard/bench/sweep.hpp"
+#include "coshard/detail/demangle.hpp"
 #include "coshard/process_pool.hpp"
 
 #include <benchmark/benchmark.h>
@@ -63,14 +64,10 @@ inline void skip(benchmark::State& state, const std::string& why) {
   state.SkipWithError(why.c_str());
 }
 
-inline std::string error_text(std::exception_ptr e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& x) {
-    return x.what();
-  } catch (...) {
-    return "unknown exception";
-  }
+// The exception being handled, as "type: message". Call inside a catch.
+inline std::string current_error() {
+  const auto what = coshard::detail::describe_current_exception();
+  return what.type_name + (what.message.empty() ? "" : ": " + what.message);
 }
 
 template <class T, class Out>
@@ -103,7 +100,7 @@ bool verified(benchmark::State& state, registration<T, Out>& r, const Out& out, 
         r.expected.emplace(local(r.sweep.concurrency.empty() ? 64 : r.sweep.concurrency.front()));
       } catch (...) {
         skip(state, r.name + ": the in-process run used for verification failed: " +
-                        error_text(std::current_exception()));
+                        current_error());
         return false;
       }
     }
@@ -136,7 +133,7 @@ void register_all(std::shared_ptr<registration<T, Out>> r, PoolPass pool_pass, L
           try {
             out.emplace(local(c ? c : 1));
           } catch (...) {
-            skip(state, r->name + ": " + error_text(std::current_exception()));
+            skip(state, r->name + ": " + current_error());
             break;
           }
           benchmark::DoNotOptimize(*out);
@@ -175,7 +172,7 @@ void register_all(std::shared_ptr<registration<T, Out>> r, PoolPass pool_pass, L
             const std::size_t warm = std::min(r->sweep.warmup_items, r->inputs.size());
             if (fresh && warm) (void)pool_pass(*pool, std::span<const T>(r->inputs.data(), warm));
           } catch (...) {
-            skip(state, r->name + ": starting the pool failed: " + error_text(std::current_exception()));
+            skip(state, r->name + ": starting the pool failed: " + current_error());
             for (auto _ : state) {
             }
             return;
@@ -187,7 +184,7 @@ void register_all(std::shared_ptr<registration<T, Out>> r, PoolPass pool_pass, L
             try {
               out.emplace(pool_pass(*pool, all));
             } catch (...) {
-              skip(state, r->name + ": " + error_text(std::current_exception()));
+              skip(state, r->name + ": " + current_error());
               break;
             }
             benchmark::DoNotOptimize(*out);
@@ -261,6 +258,19 @@ void register_map_reduce(std::string name, R&& inputs, Fn fn, Reduce reduce, Acc
       });
 }
 
+/// Reports per-iteration latencies `us` (microseconds) as the counters
+/// p50_us, p99_us and max_us, and one item per iteration. Does nothing for
+/// an empty sample.
+inline void set_latency_counters(benchmark::State& state, std::vector<double> us) {
+  if (us.empty()) return;
+  std::sort(us.begin(), us.end());
+  const auto at = [&](double q) { return us[std::min(us.size() - 1, static_cast<std::size_t>(q * us.size()))]; };
+  state.counters["p50_us"] = at(0.50);
+  state.counters["p99_us"] = at(0.99);
+  state.counters["max_us"] = us.back();
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()));
+}
+
 /// Registers "<name>": the wall-clock round trip of one item, `pool.map` of
 /// a single `item`, repeated `samples` times on one pool started with
 /// `options` (batch size 1), reporting the median and 99th percentile in
@@ -284,7 +294,7 @@ void register_round_trip(std::string name, T item, Fn fn, pool_options options =
       if (fresh)
         for (int i = 0; i < 1000; ++i) (void)pool->map(std::span<const T>(one), fn);
     } catch (...) {
-      detail::skip(state, name + ": starting the pool failed: " + detail::error_text(std::current_exception()));
+      detail::skip(state, name + ": starting the pool failed: " + detail::current_error());
       for (auto _ : state) {
       }
       return;
@@ -297,18 +307,13 @@ void register_round_trip(std::string name, T item, Fn fn, pool_options options =
         auto out = pool->map(std::span<const T>(one), fn);
         benchmark::DoNotOptimize(out);
       } catch (...) {
-        detail::skip(state, name + ": " + detail::error_text(std::current_exception()));
+        detail::skip(state, name + ": " + detail::current_error());
         break;
       }
       us.push_back(std::chrono::duration<double, std::micro>(clock::now() - t0).count());
     }
-    if (state.error_occurred() || us.empty()) return;
-    std::sort(us.begin(), us.end());
-    const auto at = [&](double q) { return us[std::min(us.size() - 1, static_cast<std::size_t>(q * us.size()))]; };
-    state.counters["p50_us"] = at(0.50);
-    state.counters["p99_us"] = at(0.99);
-    state.counters["max_us"] = us.back();
-    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()));
+    if (state.error_occurred()) return;
+    set_latency_counters(state, std::move(us));
   })
       ->UseRealTime()
       ->Iterations(static_cast<benchmark::IterationCount>(samples))

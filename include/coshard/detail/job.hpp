@@ -602,15 +602,20 @@ class job {
     co_return false;
   }
 
+  // Retries go out lowest input index first.
+  void sort_retries() {
+    std::sort(retry_.begin(), retry_.end(), [](const batch_record& a, const batch_record& b) {
+      return a.first < b.first;
+    });
+  }
+
   // Takes the batch whose write just failed back from the worker's held list.
   void unsend_last(channel& ch, worker_slot& slot) {
     batch_record rec = std::move(ch.held.back());
     ch.held.pop_back();
     slot.items_assigned -= std::min<std::size_t>(slot.items_assigned, rec.count);
     retry_.push_back(std::move(rec));
-    std::sort(retry_.begin(), retry_.end(), [](const batch_record& a, const batch_record& b) {
-      return a.first < b.first;
-    });
+    sort_retries();
   }
 
   // Polls for the exit status without blocking the executor; a worker still
@@ -677,9 +682,7 @@ class job {
       }
     }
     ch.held.clear();
-    std::sort(retry_.begin(), retry_.end(), [](const batch_record& a, const batch_record& b) {
-      return a.first < b.first;
-    });
+    sort_retries();
   }
 
   void handle_reply(worker_slot& slot, const frame_header& h, std::span<const std::byte> payload,
@@ -709,8 +712,7 @@ class job {
           const std::size_t k = f.index - rec->first;
           if (k > 0) retry_.push_front(slice(*rec, 0, k));
           if (k + 1 < rec->count) retry_.push_back(slice(*rec, k + 1, rec->count));
-          std::sort(retry_.begin(), retry_.end(),
-                    [](const batch_record& a, const batch_record& b) { return a.first < b.first; });
+          sort_retries();
         }
         fail_item(f.index, to_exception(f, slot.pid));
         return;

@@ -12,9 +12,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <exception>
-#include <optional>
 #include <span>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -55,19 +53,12 @@ void run_in_process(std::span<const T> inputs, F& fn, std::size_t concurrency, V
 }
 
 /// The results of `fn` over `inputs`, in input order, computed in this process.
+/// (Default constructible, as process_pool::map requires of its results.)
 template <class T, class F>
 auto map_in_process(std::span<const T> inputs, F& fn, std::size_t concurrency) {
   using R = typename task_traits_for<F, T>::result_type;
-  if constexpr (std::is_default_constructible_v<R>) {
-    std::vector<R> out(inputs.size());  // one allocation, written in place: a fair baseline
-    run_in_process(inputs, fn, concurrency, [&](std::size_t i, R&& r) { out[i] = std::move(r); });
-    return out;
-  }
-  std::vector<std::optional<R>> slots(inputs.size());
-  run_in_process(inputs, fn, concurrency, [&](std::size_t i, R&& r) { slots[i].emplace(std::move(r)); });
-  std::vector<R> out;
-  out.reserve(slots.size());
-  for (auto& s : slots) out.push_back(std::move(*s));
+  std::vector<R> out(inputs.size());  // one allocation, written in place: a fair baseline
+  run_in_process(inputs, fn, concurrency, [&](std::size_t i, R&& r) { out[i] = std::move(r); });
   return out;
 }
 
