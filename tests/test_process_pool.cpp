@@ -49,7 +49,7 @@ void with_pool(coshard::pool_options opts, Body body) {
   coshard_test::fd_baseline fds;
   {
     coshard::process_pool pool{opts};
-    REQUIRE(child_pids().size() == pool.size());
+    REQUIRE(coshard_test::workers_once_settled(pool.size()) == pool.size());
     body(pool);
   }
   CHECK(child_pids().empty());
@@ -467,7 +467,7 @@ TEST_CASE("an item that kills its worker is reported by index; the pool stays wh
     }
     auto out = pool.map(iota_vector(100), [](long x) { return x + 1; });
     CHECK(out.back() == 100);
-    CHECK(child_pids().size() == 2);
+    CHECK(coshard_test::workers_once_settled(2) == 2);
     CHECK(pool.worker_pids() != pids);
   });
 }

@@ -121,7 +121,7 @@ TEST_CASE("a crash inside the function fails only that item, named by signal or 
       CHECK(e.exit_code() == c.exit_code);
     }
     // Crashes cost workers, not the pool.
-    CHECK(child_pids().size() == 2);
+    CHECK(coshard_test::workers_once_settled(2) == 2);
     CHECK(pool.map_reduce(iota_vector(100), [](long x) { return x; }, std::plus<>{}, 0L) == 4950);
   });
 }
@@ -464,7 +464,7 @@ TEST_CASE("cancelling a running job completes it with operation_aborted; the poo
       canceller.join();
     }
     CHECK(pool.map(iota_vector(10), [](long x) { return x; }).back() == 9);
-    CHECK(child_pids().size() == 2);
+    CHECK(coshard_test::workers_once_settled(2) == 2);
   });
 }
 
@@ -524,7 +524,7 @@ TEST_CASE("max_items_per_worker recycles workers under a backlog") {
     for (pid_t p : pids) ++per_worker[p];
     for (auto& [pid, n] : per_worker) CHECK(n <= c.limit);
     CHECK(per_worker.size() >= static_cast<std::size_t>(c.items) / c.limit);
-    CHECK(child_pids().size() == c.workers);
+    CHECK(coshard_test::workers_once_settled(c.workers) == c.workers);
   });
 }
 

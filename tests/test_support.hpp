@@ -5,17 +5,25 @@
 #include <dirent.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <fstream>
+#include <thread>
 #include <sstream>
 #include <string>
 #include <vector>
 
 namespace coshard_test {
 
-/// Pids of this process's live or zombie children, read from /proc.
-inline std::vector<pid_t> child_pids() {
-  std::vector<pid_t> out;
-  const pid_t self = ::getpid();
+struct process_entry {
+  pid_t pid = 0;
+  pid_t ppid = 0;
+  char state = 0;
+  std::string name;  // comm: "coshard-sup", "coshard-worker", ...
+};
+
+/// Every process on the machine, read from /proc.
+inline std::vector<process_entry> all_processes() {
+  std::vector<process_entry> out;
   DIR* d = ::opendir("/proc");
   if (!d) return out;
   while (dirent* e = ::readdir(d)) {
@@ -25,16 +33,70 @@ inline std::vector<pid_t> child_pids() {
     std::string line;
     if (!std::getline(stat, line)) continue;
     // Field 4 (ppid) follows the parenthesised command name, which may contain spaces.
+    const auto open = line.find('(');
     const auto close = line.rfind(')');
-    if (close == std::string::npos) continue;
+    if (open == std::string::npos || close == std::string::npos) continue;
+    process_entry p;
+    p.pid = pid;
+    p.name = line.substr(open + 1, close - open - 1);
     std::istringstream rest(line.substr(close + 2));
-    char state = 0;
-    pid_t ppid = 0;
-    rest >> state >> ppid;
-    if (ppid == self) out.push_back(pid);
+    rest >> p.state >> p.ppid;
+    out.push_back(p);
   }
   ::closedir(d);
   return out;
+}
+
+/// Processes descended from `root` (children, their children, ...), live or zombie.
+inline std::vector<process_entry> descendants(pid_t root = ::getpid()) {
+  const auto all = all_processes();
+  std::vector<process_entry> out;
+  std::vector<pid_t> frontier{root};
+  while (!frontier.empty()) {
+    const pid_t parent = frontier.back();
+    frontier.pop_back();
+    for (const auto& p : all)
+      if (p.ppid == parent) {
+        out.push_back(p);
+        frontier.push_back(p.pid);
+      }
+  }
+  return out;
+}
+
+/// Pids of every process descended from this one (the pools' supervisors and
+/// their workers): empty once every pool is gone.
+inline std::vector<pid_t> child_pids() {
+  std::vector<pid_t> out;
+  for (const auto& p : descendants()) out.push_back(p.pid);
+  return out;
+}
+
+/// Pids of this process's live worker processes (any pool).
+inline std::vector<pid_t> worker_pids() {
+  std::vector<pid_t> out;
+  for (const auto& p : descendants())
+    if (p.name == "coshard-worker" && p.state != 'Z') out.push_back(p.pid);
+  return out;
+}
+
+/// The number of live workers once it reaches `want`, or after 10 s:
+/// replacements start in the background, after the job that lost a worker.
+inline std::size_t workers_once_settled(std::size_t want) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    const std::size_t n = worker_pids().size();
+    if (n == want || std::chrono::steady_clock::now() > deadline) return n;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+/// True while `pid` exists and is not a zombie.
+inline bool alive(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  return line.substr(line.rfind(')') + 2, 1) != "Z";
 }
 
 /// Number of open file descriptors of this process.

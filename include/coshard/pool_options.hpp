@@ -9,6 +9,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
+
+#include "coshard/errors.hpp"
 
 namespace coshard {
 
@@ -68,5 +71,39 @@ enum class shutdown_mode {
   /// Kill every worker now.
   forced,
 };
+
+namespace detail {
+
+/// Throws pool_error naming the first option that is out of range, including
+/// values that would overflow the widths used inside (32-bit item counts and
+/// offsets in a batch, millisecond waits passed to poll as an int).
+inline void validate_options(const pool_options& o) {
+  auto fail = [](const std::string& what) { throw pool_error("coshard: pool_options." + what); };
+  constexpr std::uint64_t u32_max = 0xffff'ffffu;
+  constexpr std::int64_t longest_wait_ms = 0x7fff'ffff;  // about 24 days
+  if (o.workers > 4096) fail("workers must be at most 4096");
+  if (o.concurrency == 0) fail("concurrency must be at least 1");
+  if (o.concurrency > u32_max) fail("concurrency must be below 2^32");
+  if (o.batches_in_flight == 0) fail("batches_in_flight must be at least 1");
+  if (o.batches_in_flight > 65536) fail("batches_in_flight must be at most 65536");
+  if (o.batch_size > u32_max) fail("batch_size must be below 2^32 (a batch counts its items in 32 bits)");
+  if (o.max_batch_bytes == 0) fail("max_batch_bytes must be at least 1");
+  if (o.max_batch_bytes > u32_max)
+    fail("max_batch_bytes must be below 4 GiB (items are located in a batch by 32-bit offsets)");
+  if (o.max_frame_bytes < 4096) fail("max_frame_bytes must be at least 4096");
+  if (o.max_frame_bytes > (std::uint64_t{1} << 48)) fail("max_frame_bytes must be at most 2^48");
+  auto wait = [&](std::chrono::milliseconds d, const char* name) {
+    if (d.count() < 0) fail(std::string(name) + " must not be negative");
+    if (d.count() > longest_wait_ms) fail(std::string(name) + " must be at most 2^31-1 ms");
+  };
+  wait(o.shutdown_timeout, "shutdown_timeout");
+  wait(o.item_timeout, "item_timeout");
+  wait(o.timeout_grace, "timeout_grace");
+  wait(o.startup_timeout, "startup_timeout");
+  if (o.target_batch_time.count() <= 0) fail("target_batch_time must be positive");
+  if (o.target_batch_time > std::chrono::hours(1)) fail("target_batch_time must be at most an hour");
+}
+
+}  // namespace detail
 
 }  // namespace coshard

@@ -26,7 +26,8 @@
 #include "coshard/detail/collectors.hpp"
 #include "coshard/detail/input_source.hpp"
 #include "coshard/detail/job.hpp"
-#include "coshard/detail/worker_set.hpp"
+#include "coshard/detail/pool_core.hpp"
+#include "coshard/detail/process_local.hpp"
 #include "coshard/errors.hpp"
 #include "coshard/keyed_reduce.hpp"
 #include "coshard/outcome.hpp"
@@ -51,6 +52,14 @@ consteval bool check_task() {
   static_assert(invocable_task<F, S, T>,
                 "coshard: the function cannot be called with the input range's value type (after "
                 "the `const S&` shared value, when one is given)");
+  static_assert(!is_process_local<T>(),
+                "coshard: the input type holds an address (a raw pointer, std::string_view, std::span or "
+                "std::reference_wrapper) that means nothing in a worker process: send the value itself "
+                "(std::string, std::vector, the pointed-to struct)");
+  static_assert(!is_process_local<S>(),
+                "coshard: the shared value's type holds an address (a raw pointer, std::string_view, "
+                "std::span or std::reference_wrapper) that means nothing in a worker process: share the "
+                "value itself");
   static_assert(serializable<T>,
                 "coshard: the input type cannot cross processes: make it trivially copyable or "
                 "give it a cereal serialize() function");
@@ -59,6 +68,10 @@ consteval bool check_task() {
                 "copyable or give it a cereal serialize() function");
   using R = typename task_traits<F, S, T>::result_type;
   static_assert(!std::is_void_v<R>, "coshard: the function must return a value");
+  static_assert(!is_process_local<R>(),
+                "coshard: the result type holds an address (a raw pointer, std::string_view, std::span or "
+                "std::reference_wrapper) into the worker's memory, which the caller cannot read: return "
+                "the value itself (std::string, std::vector)");
   static_assert(serializable<R>,
                 "coshard: the result type cannot cross processes: make it trivially copyable or "
                 "give it a cereal serialize() function");
@@ -71,6 +84,16 @@ struct is_io_executor
                          std::is_same_v<E, asio::io_context::executor_type>> {};
 template <class E>
 struct is_io_executor<asio::strand<E>> : is_io_executor<E> {};
+
+/// Keeps `core` alive until the process exits, reachable (so that leak
+/// checkers do not report it): in a process forked from the pool's owner
+/// nothing of the copy may be torn down.
+inline void keep_forever(std::shared_ptr<pool_core> core) {
+  static std::mutex m;
+  static auto* kept = new std::vector<std::shared_ptr<pool_core>>;
+  std::lock_guard lock(m);
+  kept->push_back(std::move(core));
+}
 
 template <class Range>
 using input_of = std::ranges::range_value_t<Range>;
@@ -94,49 +117,48 @@ using source_input_of = std::ranges::range_value_t<typename Source::range_type&>
 /// when the pool was created.
 class process_pool {
  public:
-  /// Starts the workers. Throws pool_error if an option is invalid or a worker
-  /// cannot be started (every worker already started is reaped first).
-  explicit process_pool(pool_options options = {}) : workers_(validated(options)) {}
+  /// Forks the pool's supervisor, which starts the workers; returns once all
+  /// are ready (their initializers ran). After this the calling process never
+  /// forks again. Throws pool_error if an option is invalid or a worker cannot
+  /// be started (nothing is left behind).
+  explicit process_pool(pool_options options = {})
+      : core_(std::make_shared<detail::pool_core>(validated(options))) {}
 
   process_pool(const process_pool&) = delete;
   process_pool& operator=(const process_pool&) = delete;
 
-  /// Closes the workers' channels, waits up to `shutdown_timeout` for them to
-  /// exit and kills the rest. Never throws; leaves no child process behind.
-  ~process_pool() { shutdown(shutdown_mode::graceful); }
-
-  /// Shuts the pool down; callable from any thread, also while a job runs
-  /// (which then completes with operation_aborted or pool_error). `graceful`
-  /// cancels the job, lets workers answer what they hold and exit on EOF, and
-  /// escalates to `forced` after shutdown_timeout; `forced` kills the workers
-  /// at once. Either way it returns within about two shutdown_timeouts, every
-  /// worker reaped. Later jobs fail with pool_error. Idempotent.
-  void shutdown(shutdown_mode mode = shutdown_mode::graceful) noexcept {
-    workers_.close();
-    if (mode == shutdown_mode::forced) workers_.kill_all();
-    cancel();
-    {
-      std::unique_lock lock(busy_mutex_);
-      if (!busy_idle_.wait_for(lock, workers_.options().shutdown_timeout, [&] { return !busy_.load(); })) {
-        workers_.kill_all();  // graceful ran out of time
-        busy_idle_.wait(lock, [&] { return !busy_.load(); });
-      }
-    }
-    if (background_thread_.joinable()) {
-      background_guard_.reset();
-      background_thread_.join();
-    }
-    workers_.shutdown(mode == shutdown_mode::forced ? std::chrono::milliseconds(0)
-                                                     : workers_.options().shutdown_timeout);
+  /// shutdown(graceful). Never throws; leaves no child process behind. In a
+  /// process forked from the owner (which may run this destructor at its
+  /// exit) it only lets go of its copies: the owner's workers are untouched.
+  ~process_pool() {
+    core_->shutdown(shutdown_mode::graceful);
+    if (::getpid() != owner_) detail::keep_forever(std::move(core_));
   }
 
+  /// Shuts the pool down; callable from any thread, also while a job runs
+  /// (which then completes with operation_aborted after a graceful shutdown,
+  /// pool_error after a forced one), and from the thread that runs the job
+  /// (a signal-handler coroutine on the job's io_context, a for_each_result
+  /// sink): the job then ends once that thread gets back to its loop.
+  /// `graceful` cancels the job, lets workers answer what they hold and exit
+  /// on EOF, and escalates to `forced` after shutdown_timeout; `forced` kills
+  /// the workers at once. Either way it returns within about two
+  /// shutdown_timeouts plus a second, every worker reaped by the supervisor
+  /// and the supervisor by this process. Later jobs fail with pool_error.
+  /// Idempotent. In a process forked from the owner it touches nothing.
+  void shutdown(shutdown_mode mode = shutdown_mode::graceful) noexcept { core_->shutdown(mode); }
+
   /// Number of worker processes.
-  [[nodiscard]] std::size_t size() const noexcept { return workers_.slots().size(); }
+  [[nodiscard]] std::size_t size() const noexcept { return core_->workers.slots().size(); }
+
+  /// Process id of the pool's supervisor, the one child of this process,
+  /// which forks and reaps the workers.
+  [[nodiscard]] pid_t supervisor_pid() const noexcept { return core_->workers.supervisor().pid(); }
 
   /// Process ids of the current workers (a replaced worker has a new pid).
   [[nodiscard]] std::vector<pid_t> worker_pids() const {
     std::vector<pid_t> pids;
-    for (auto& s : workers_.slots()) pids.push_back(s.pid.load());
+    for (auto& s : core_->workers.slots()) pids.push_back(s.pid.load());
     return pids;
   }
 
@@ -144,7 +166,10 @@ class process_pool {
   /// `fn` is `R(T)` or `asio::awaitable<R>(T)`, T the range's value type.
   /// Inputs are pulled lazily in batches. Blocks the calling thread.
   /// Throws task_error for the failing item with the lowest index seen (the
-  /// remaining batches are not started), pool_error if a worker is lost.
+  /// remaining batches are not started), worker_crashed for an item that
+  /// kept killing its worker, timeout_error for one past item_timeout,
+  /// whatever the input range itself throws, and pool_error for failures of
+  /// the pool (shut down, a replacement that cannot start).
   template <std::ranges::input_range Range, class F>
   [[nodiscard]] auto map(Range&& inputs, F fn) {
     return run_blocking(make_map_job(detail::make_input_source(std::forward<Range>(inputs)), fn, detail::no_shared{}));
@@ -180,10 +205,7 @@ class process_pool {
   /// cancel their running coroutines, and the job's call completes with
   /// std::system_error(asio::error::operation_aborted) once every worker has
   /// answered. The pool stays usable. Plain functions already running finish.
-  void cancel() {
-    std::lock_guard lock(cancel_mutex_);
-    if (cancel_current_) cancel_current_();
-  }
+  void cancel() { core_->cancel(); }
 
   /// Applies `fn` to every input and folds the results with `reduce`, first
   /// inside each worker (one partial per batch crosses back), then in the
@@ -260,12 +282,7 @@ class process_pool {
 
  private:
   static const pool_options& validated(const pool_options& o) {
-    if (o.concurrency == 0) throw pool_error("coshard: pool_options.concurrency must be at least 1");
-    if (o.batches_in_flight == 0)
-      throw pool_error("coshard: pool_options.batches_in_flight must be at least 1");
-    if (o.max_batch_bytes == 0) throw pool_error("coshard: pool_options.max_batch_bytes must be at least 1");
-    if (o.max_frame_bytes < 4096)
-      throw pool_error("coshard: pool_options.max_frame_bytes must be at least 4096");
+    detail::validate_options(o);
     return o;
   }
 
@@ -278,7 +295,7 @@ class process_pool {
     static_assert(std::is_default_constructible_v<R>,
                   "coshard: map results must be default constructible (they are placed by index)");
     return detail::job<spec, View, detail::ordered_collector<R>>(
-        workers_, ++job_counter_, std::move(view),
+        core_->workers, ++core_->job_counter, std::move(view),
         detail::encode_job_start<spec>(fn, {}, shared, {}), detail::ordered_collector<R>{});
   }
 
@@ -289,7 +306,7 @@ class process_pool {
     using spec = detail::job_spec<F, T, detail::no_shared, detail::no_reduce, detail::no_reduce, true>;
     using R = typename spec::result_type;
     return detail::job<spec, View, detail::settled_collector<R>>(
-        workers_, ++job_counter_, std::move(view),
+        core_->workers, ++core_->job_counter, std::move(view),
         detail::encode_job_start<spec>(fn, {}, detail::no_shared{}, {}), detail::settled_collector<R>{});
   }
 
@@ -301,6 +318,9 @@ class process_pool {
                   "coshard: the reducer runs in the workers too, so it must be an empty or "
                   "trivially copyable function object (std::plus<>{}, a capture-less lambda, "
                   "coshard::merge_maps<>{})");
+    static_assert(!detail::is_process_local<Acc>(),
+                  "coshard: the accumulator type holds an address (a raw pointer, std::string_view, "
+                  "std::span or std::reference_wrapper) that means nothing in another process");
     static_assert(serializable<Acc>, "coshard: the accumulator type cannot cross processes");
     using spec = detail::job_spec<F, T, S, Reduce, Acc>;
     using R = typename spec::result_type;
@@ -310,7 +330,7 @@ class process_pool {
                   "coshard: reduce(Acc, Acc) must be callable to fold the workers' partials");
     auto start = detail::encode_job_start<spec>(fn, reduce, shared, init);
     return detail::job<spec, View, detail::reduce_collector<Acc, Reduce>>(
-        workers_, ++job_counter_, std::move(view), std::move(start),
+        core_->workers, ++core_->job_counter, std::move(view), std::move(start),
         detail::reduce_collector<Acc, Reduce>(reduce, std::move(init)));
   }
 
@@ -323,134 +343,108 @@ class process_pool {
     static_assert(std::is_invocable_v<Sink&, std::size_t, R&&>,
                   "coshard: the sink must be callable as sink(std::size_t index, R&& result)");
     return detail::job<spec, View, detail::sink_collector<R, Sink>>(
-        workers_, ++job_counter_, std::move(view),
+        core_->workers, ++core_->job_counter, std::move(view),
         detail::encode_job_start<spec>(fn, {}, detail::no_shared{}, {}),
         detail::sink_collector<R, Sink>(std::move(sink)));
   }
 
-  // Marks the pool busy for one job; a second concurrent job is an error
-  // rather than a silent interleaving of two jobs' frames on one channel.
-  class busy_scope {
-   public:
-    explicit busy_scope(process_pool& pool) : pool_(pool) {
-      if (pool_.workers_.closing()) throw pool_error("coshard: this process_pool has been shut down");
-      if (pool_.busy_.exchange(true))
-        throw pool_error("coshard: this process_pool is already running a job; "
-                         "wait for it to finish or use a second pool");
-    }
-    ~busy_scope() {
-      std::lock_guard lock(pool_.busy_mutex_);
-      pool_.busy_.store(false);
-      pool_.busy_idle_.notify_all();
-    }
-    busy_scope(const busy_scope&) = delete;
-    busy_scope& operator=(const busy_scope&) = delete;
-
-   private:
-    process_pool& pool_;
-  };
-
-  // Lets cancel() reach the running job from any thread: the request is
-  // posted to the job's executor and dropped if the job has ended by then.
-  struct cancel_target {
-    std::function<void()> cancel;  // set and cleared on the job's executor
-  };
-
-  class cancel_scope {
+  // Holds the pool busy for one job and lets cancel() and shutdown() reach it.
+  class job_scope {
    public:
     template <class Job, class Executor>
-    cancel_scope(process_pool& pool, Job& j, Executor ex)
-        : pool_(pool), target_(std::make_shared<cancel_target>()) {
-      target_->cancel = [&j] { j.cancel(); };
-      std::lock_guard lock(pool_.cancel_mutex_);
-      pool_.cancel_current_ = [ex, weak = std::weak_ptr<cancel_target>(target_)] {
-        asio::post(ex, [weak] {
-          if (auto t = weak.lock(); t && t->cancel) t->cancel();
-        });
-      };
+    job_scope(detail::pool_core& core, Job& j, Executor ex, std::function<bool()> loop_thread, bool claimed)
+        : core_(core), claimed_(claimed), target_(std::make_shared<std::function<void()>>([&j] { j.cancel(); })) {
+      if (!claimed_) {
+        core_.claim(std::move(loop_thread));
+        claimed_ = true;
+      }
+      core_.set_canceller(ex, target_);
     }
-    ~cancel_scope() {
-      std::lock_guard lock(pool_.cancel_mutex_);
-      pool_.cancel_current_ = nullptr;
-      target_->cancel = nullptr;
+    ~job_scope() {
+      core_.clear_canceller();
+      *target_ = nullptr;
+      core_.release();
     }
-    cancel_scope(const cancel_scope&) = delete;
-    cancel_scope& operator=(const cancel_scope&) = delete;
+    job_scope(const job_scope&) = delete;
+    job_scope& operator=(const job_scope&) = delete;
 
    private:
-    process_pool& pool_;
-    std::shared_ptr<cancel_target> target_;
+    detail::pool_core& core_;
+    bool claimed_;
+    std::shared_ptr<std::function<void()>> target_;
   };
 
+  // The coroutine holds the core: a job outlives a pool destroyed under it
+  // (e.g. its io_context stopped running) without touching freed memory.
   // `home`: the pool's own io_context the job runs on, if it does; the
   // workers' sockets then stay registered with it from job to job.
   template <class Job>
-  static asio::awaitable<typename Job::value_type> run_guarded(process_pool* self, Job j,
-                                                               asio::io_context* home) {
-    std::optional<busy_scope> busy;
-    if (home != &self->io_) busy.emplace(*self);  // run_blocking claimed the pool already
+  static asio::awaitable<typename Job::value_type> run_guarded(std::shared_ptr<detail::pool_core> core, Job j,
+                                                               asio::io_context* home,
+                                                               std::function<bool()> loop_thread) {
+    auto ex = co_await asio::this_coro::executor;
+    // run_blocking claimed the pool already, before touching its loop.
+    job_scope scope(*core, j, ex, std::move(loop_thread), home == &core->io);
     if (home) j.keep_sockets_on(*home);
-    cancel_scope cancellable(*self, j, co_await asio::this_coro::executor);
-    self->workers_.replace_broken();
     co_return co_await j.run();
   }
 
   template <class Job>
   typename Job::value_type run_blocking(Job j) {
-    // Claimed before io_ is touched: a second thread's blocking call must
+    std::shared_ptr<detail::pool_core> core = core_;
+    // Claimed before io is touched: a second thread's blocking call must
     // fail here, not run this job's handlers on its own thread.
-    busy_scope busy(*this);
+    auto probe = detail::loop_thread_probe(core->io.get_executor());
+    core->claim(probe);
     std::exception_ptr error;
     std::optional<typename Job::value_type> out;
-    asio::co_spawn(
-        io_,
-        [&]() -> asio::awaitable<void> { out.emplace(co_await run_guarded(this, std::move(j), &io_)); },
-        [&](std::exception_ptr e) { error = e; });
-    io_.restart();
-    io_.run();
+    try {
+      asio::co_spawn(
+          core->io,
+          [&]() -> asio::awaitable<void> {
+            out.emplace(co_await run_guarded(core, std::move(j), &core->io, probe));
+          },
+          [&](std::exception_ptr e) { error = e; });
+    } catch (...) {
+      core->release();
+      throw;
+    }
+    core->io.restart();
+    core->io.run();
     if (error) std::rethrow_exception(error);
     return std::move(*out);
-  }
-
-  asio::io_context::executor_type background_executor() {
-    std::lock_guard lock(background_mutex_);
-    if (!background_thread_.joinable()) {
-      background_guard_.emplace(background_.get_executor());
-      background_thread_ = std::thread([this] { background_.run(); });
-    }
-    return background_.get_executor();
   }
 
   template <class Job, class CompletionToken>
   auto launch(Job j, CompletionToken&& token) {
     using value_type = typename Job::value_type;
     return asio::async_initiate<CompletionToken, void(std::exception_ptr, value_type)>(
-        [this](auto handler, Job j) {
+        [core = core_](auto handler, Job j) {
           using handler_type = decltype(handler);
           using own_executor = asio::associated_executor_t<handler_type, asio::system_executor>;
           if constexpr (detail::is_io_executor<own_executor>::value) {
             auto ex = asio::make_strand(asio::get_associated_executor(handler));
-            asio::co_spawn(ex, run_guarded(this, std::move(j), nullptr), std::move(handler));
+            auto probe = detail::loop_thread_probe(ex);
+            asio::co_spawn(ex, run_guarded(core, std::move(j), nullptr, std::move(probe)), std::move(handler));
+          } else if (auto ex = core->background_executor()) {
+            auto probe = detail::loop_thread_probe(*ex);
+            asio::co_spawn(*ex, run_guarded(core, std::move(j), &core->background_context(), std::move(probe)),
+                           std::move(handler));
           } else {
-            auto ex = background_executor();
-            asio::co_spawn(ex, run_guarded(this, std::move(j), &background_), std::move(handler));
+            // Shut down: the background loop is gone, so the refusal is
+            // delivered through the handler's own executor.
+            auto hex = asio::get_associated_executor(handler);
+            asio::post(hex, [h = std::move(handler)]() mutable {
+              std::move(h)(std::make_exception_ptr(pool_error("coshard: this process_pool has been shut down")),
+                           value_type{});
+            });
           }
         },
         token, std::move(j));
   }
 
-  detail::worker_set workers_;
-  asio::io_context io_{1};
-  std::atomic<bool> busy_{false};
-  std::mutex busy_mutex_;
-  std::condition_variable busy_idle_;
-  std::uint64_t job_counter_ = 0;
-  std::mutex cancel_mutex_;
-  std::function<void()> cancel_current_;
-  std::mutex background_mutex_;
-  asio::io_context background_{1};
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> background_guard_;
-  std::thread background_thread_;
+  pid_t owner_ = ::getpid();
+  std::shared_ptr<detail::pool_core> core_;
 };
 
 }  // namespace coshard

@@ -150,10 +150,23 @@ class settled_collector {
     grow(first + h.count);
     input_archive in(payload);
     for (std::size_t i = 0; i < h.count; ++i) {
-      if (decode_one<std::uint8_t>(in))
-        out_[first + i] = outcome<R>(decode_one<R>(in));
-      else
+      if (!decode_one<std::uint8_t>(in)) {
         out_[first + i] = outcome<R>(to_exception(decode_failure(in), pid));
+        continue;
+      }
+      const auto length = decode_one<std::uint64_t>(in);
+      if (length > in.remaining()) throw serialization_error("coshard: corrupt payload: a result runs past its frame");
+      const auto bytes = payload.subspan(in.position(), static_cast<std::size_t>(length));
+      in.skip(static_cast<std::size_t>(length));
+      try {
+        out_[first + i] = outcome<R>(coshard::decode<R>(bytes));
+      } catch (...) {
+        // Only this item is lost: its neighbours are delimited by their lengths.
+        const auto what = describe_current_exception();
+        out_[first + i] = outcome<R>(std::make_exception_ptr(
+            task_error(what.type_name, "the result could not be decoded in the caller: " + what.message,
+                       first + i, pid)));
+      }
     }
     check_fully_consumed(in, "result frame");
   }

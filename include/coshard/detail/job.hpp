@@ -140,7 +140,7 @@ class job {
     socket* sock = nullptr;
     bool reading = false;      // waiting for a reply: a cancel may interrupt the read
     bool cancel_sent = false;
-    bool started_once = false;  // the job has had work for this slot
+    std::function<void()> interrupt;  // ends a wait for this slot's replacement
   };
 
  public:
@@ -165,6 +165,10 @@ class job {
     auto ex = co_await asio::this_coro::executor;
     co_await asio::this_coro::throw_if_cancelled(false);
     co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation());
+    if (job_start_.size() > opts_.max_frame_bytes)
+      throw pool_error("coshard: the job's function, reducer and shared value take " +
+                       std::to_string(job_start_.size()) + " bytes encoded, above max_frame_bytes (" +
+                       std::to_string(opts_.max_frame_bytes) + ")");
     it_.emplace(std::ranges::begin(inputs_.get()));
     if constexpr (std::ranges::sized_range<range>) {
       total_ = static_cast<std::size_t>(std::ranges::size(inputs_.get()));
@@ -211,6 +215,8 @@ class job {
         asio::error_code ignored;
         ch.sock->cancel(ignored);  // the serving coroutine sends the cancel frame
       }
+    for (auto& ch : channels_)
+      if (ch.interrupt) ch.interrupt();
     notify();
   }
 
@@ -251,8 +257,14 @@ class job {
   }
 
   // Wakes workers idling in wait_for_work so they re-check what is left.
+  // Once nothing is left for any worker, slots still waiting for a
+  // replacement stop waiting: the replacement finishes starting in the
+  // background and serves the next job.
   void notify() {
     if (wake_) wake_->cancel();
+    if (stopping() || (input_done_ && retry_.empty() && all_answered()))
+      for (auto& ch : channels_)
+        if (ch.interrupt) ch.interrupt();
   }
 
   // Items this worker process may still be sent under max_items_per_worker.
@@ -289,7 +301,25 @@ class job {
     return cut_batch(budget);
   }
 
+  // An exception from the input range itself (its iterator's ++ or
+  // comparison) ends the job with that exception, as it would end a loop over
+  // the range: nothing already cut is shifted and no worker is blamed.
   std::optional<batch_record> cut_batch(std::size_t budget) {
+    try {
+      return cut_batch_from_input(budget);
+    } catch (...) {
+      input_done_ = true;
+      fail(std::current_exception());
+      return std::nullopt;
+    }
+  }
+
+  // An input that cannot travel fails alone, as a task_error naming why.
+  void reject_input(std::uint64_t index, const std::string& type_name, const std::string& why) {
+    fail_item(index, std::make_exception_ptr(task_error(type_name, why, static_cast<std::size_t>(index), ::getpid())));
+  }
+
+  std::optional<batch_record> cut_batch_from_input(std::size_t budget) {
     for (;;) {
       if (input_done_ || stopping()) return std::nullopt;
       std::optional<std::size_t> remaining;
@@ -303,22 +333,33 @@ class job {
       std::size_t count = 0;
       if constexpr (std::ranges::contiguous_range<range> && bitwise_serializable<T>) {
         const auto left = static_cast<std::size_t>(end - it);
-        count = std::min({target, left, std::max<std::size_t>(1, opts_.max_batch_bytes / sizeof(T))});
+        const std::uint64_t by_bytes = std::min<std::uint64_t>(opts_.max_batch_bytes, opts_.max_frame_bytes) / sizeof(T);
+        count = std::min({target, left, static_cast<std::size_t>(std::max<std::uint64_t>(1, by_bytes))});
         rec.payload.append(std::to_address(it), count * sizeof(T));
         it += static_cast<std::ptrdiff_t>(count);
       } else {
         while (count < target && it != end) {
           const std::size_t mark = rec.payload.size();
+          const std::uint64_t index = next_index_ + count;
+          std::string rejected_type, rejected_why;
           try {
             encode_value(rec.payload, static_cast<const T&>(*it));
           } catch (...) {
+            const auto what = describe_current_exception();
+            rejected_type = what.type_name;
+            rejected_why = "the input could not be encoded: " + what.message;
+          }
+          const std::size_t item_bytes = rec.payload.size() - mark;
+          if (rejected_why.empty() && item_bytes > opts_.max_frame_bytes) {
+            rejected_type = "coshard::serialization_error";
+            rejected_why = "input index " + std::to_string(index) + " is " + std::to_string(item_bytes) +
+                           " bytes encoded, above max_frame_bytes (" + std::to_string(opts_.max_frame_bytes) +
+                           "): it cannot be sent to a worker";
+          }
+          if (!rejected_why.empty()) {
             // Only this item fails; the batch closes before it.
             rec.payload.truncate(mark);
-            const std::uint64_t bad = next_index_ + count;
-            const auto what = describe_current_exception();
-            fail_item(bad, std::make_exception_ptr(task_error(
-                               what.type_name, "the input could not be encoded: " + what.message,
-                               static_cast<std::size_t>(bad), ::getpid())));
+            reject_input(index, rejected_type, rejected_why);
             ++it;
             if (it == end) input_done_ = true;
             if (count > 0) {
@@ -330,6 +371,12 @@ class job {
             rec.first = next_index_;
             if (stopping() || input_done_) return std::nullopt;
             continue;
+          }
+          if (rec.payload.size() > opts_.max_frame_bytes) {
+            // This item fits a frame alone, not with the ones before it: it
+            // starts the next batch (encoded again then).
+            rec.payload.truncate(mark);
+            break;
           }
           if constexpr (!fixed_size_items) rec.offsets.push_back(static_cast<std::uint32_t>(mark));
           ++it;
@@ -407,28 +454,32 @@ class job {
   };
 
   // Serves worker slot `i` for the whole job, replacing the worker each time
-  // it dies and handing what it held back to the retry queue.
+  // it dies and handing what it held back to the retry queue. A replacement
+  // is asked of the supervisor at once and awaited here; the other slots'
+  // coroutines go on meanwhile.
   asio::awaitable<void> serve(std::size_t i) {
     auto ex = co_await asio::this_coro::executor;
     worker_slot& slot = workers_.slots()[i];
     channel& ch = channels_[i];
     int idle_deaths = 0;
     for (;;) {
-      if (slot.broken) {
+      // A worker the job has nothing for is never registered with the
+      // reactor (an epoll_ctl pair and an ioctl per worker per job saved),
+      // nor waited for if it is still starting.
+      if (!co_await work_may_come(ch)) co_return;
+      if (!(slot.live() && slot.ready)) {
         if (workers_.closing()) {
           fail(std::make_exception_ptr(pool_error("coshard: the pool was shut down during the job")));
           co_return;
         }
-        // Keep the pool at full strength even when this job needs no more of
-        // it. (A worker that dies while idle between jobs is noticed only by
-        // the next job that has a batch for it.)
-        workers_.restart(slot);
-        if (stopping() || (input_done_ && retry_.empty() && ch.held.empty())) co_return;
+        try {
+          if (!co_await workers_.bring_up(slot, ch.interrupt)) co_return;  // cancelled meanwhile
+        } catch (const pool_error&) {
+          fail(std::current_exception());
+          co_return;
+        }
+        continue;  // the job may have ended while the worker started
       }
-      // A worker the job has nothing for is never registered with the
-      // reactor (an epoll_ctl pair and an ioctl per worker per job saved).
-      if (!ch.started_once && !co_await work_may_come()) co_return;
-      ch.started_once = true;
       std::string cause;
       bool corrupt = false;
       std::size_t answered = 0;
@@ -458,26 +509,25 @@ class job {
           cause = e.code().message();
         }
       }
+      const pid_t dead = slot.pid.load();
       if (cause.empty() && !corrupt) {
-        // Retiring (item or memory limit): it exits on EOF; replace it.
-        const pid_t old = slot.pid;
-        slot.release_socket();
-        ::close(slot.fd);
-        slot.fd = -1;
-        (void)co_await reap(old);
-        slot.pid = -1;
-        slot.broken = true;
+        // Retiring (item or memory limit): it exits on EOF, and the
+        // supervisor reaps it; a replacement is asked for at once.
+        workers_.drop_worker(slot);
+        if (!workers_.closing()) workers_.request_start(slot);
         continue;
       }
       // The worker is gone, or its channel can no longer be trusted.
-      slot.broken = true;
-      if (corrupt && slot.pid > 0) ::kill(slot.pid, SIGKILL);
-      const pid_t dead = slot.pid;
-      const int status = dead > 0 ? co_await reap(dead) : 0;
-      slot.pid = -1;
-      const std::string how = describe_wait_status(status) + (corrupt ? "; " + cause : "");
+      if (corrupt && dead > 0) workers_.supervisor().kill(dead);
+      const int status = dead > 0 ? co_await workers_.exit_status(dead, ex) : unknown_wait_status;
+      workers_.drop_worker(slot);
+      const std::string how = describe_exit(status) + (corrupt ? "; " + cause : "");
       const bool held_any = !ch.held.empty();
-      requeue_lost(i, dead, status, how);
+      requeue_lost(i, dead, status, how);  // reads the slot's status page: before the restart resets it
+      // Keep the pool at full strength even when this job needs no more of
+      // it. (A worker that dies while idle between jobs is noticed only by
+      // the next job that has a batch for it.)
+      if (!workers_.closing()) workers_.request_start(slot);
       notify();
       // A death while holding work convicts or retries that work, so it
       // cannot repeat forever. Deaths with nothing held (an idle worker
@@ -493,10 +543,16 @@ class job {
     }
   }
 
+  static std::string describe_exit(int status) {
+    if (status == unknown_wait_status) return "killed with its supervisor process";
+    return describe_wait_status(status);
+  }
+
   // Waits until this job may have a batch for an idle worker: false once it
   // cannot (input used up and nothing to retry, or the job is stopping).
-  asio::awaitable<bool> work_may_come() {
+  asio::awaitable<bool> work_may_come(const channel& ch) {
     for (;;) {
+      if (!ch.held.empty()) co_return true;
       if (stopping()) co_return false;
       if (!retry_.empty() || !input_done_) co_return true;
       if (all_answered()) co_return false;
@@ -618,22 +674,6 @@ class job {
     sort_retries();
   }
 
-  // Polls for the exit status without blocking the executor; a worker still
-  // alive after two seconds is killed.
-  static asio::awaitable<int> reap(pid_t pid) {
-    asio::steady_timer pause(co_await asio::this_coro::executor);
-    for (int waited_ms = 0;; ++waited_ms) {
-      int status = 0;
-      const pid_t r = ::waitpid(pid, &status, WNOHANG);
-      if (r == pid) co_return status;
-      if (r < 0 && errno != EINTR) co_return 0;
-      if (waited_ms == 2000) ::kill(pid, SIGKILL);
-      pause.expires_after(std::chrono::milliseconds(1));
-      asio::error_code ec;
-      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    }
-  }
-
   // Decides the fate of each batch a dead worker held: a batch held alone is
   // convicted (split in two, or failed once a single item has crashed
   // max_retries + 1 times); batches held together become suspects that are
@@ -642,8 +682,9 @@ class job {
     worker_slot& slot = workers_.slots()[i];
     channel& ch = channels_[i];
     std::uint64_t timed_out = worker_status::none;
-    if (WIFEXITED(status) && WEXITSTATUS(status) == timeout_exit_code && slot.status)
-      timed_out = slot.status->get()->timed_out_index.load();
+    if (status != unknown_wait_status && WIFEXITED(status) && WEXITSTATUS(status) == timeout_exit_code &&
+        slot.status)
+      timed_out = slot.status->timed_out_index.load();
     const bool alone = ch.held.size() == 1;
     for (batch_record& rec : ch.held) {
       if (timed_out >= rec.first && timed_out < rec.first + rec.count) {
@@ -671,10 +712,19 @@ class job {
         retry_.push_back(std::move(b));
         recycle(std::move(rec.payload));
       } else if (rec.crashes > opts_.max_retries) {
-        const int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-        const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        fail_item(rec.first, std::make_exception_ptr(worker_crashed(
-                                 static_cast<std::size_t>(rec.first), pid, sig, code, how)));
+        // A worker whose supervisor died was killed by its parent-death signal.
+        const bool unknown = status == unknown_wait_status;
+        const int sig = unknown ? SIGKILL : WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+        const int code = !unknown && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        if (code == timeout_exit_code)  // its worker's watchdog ended it, every time
+          fail_item(rec.first, std::make_exception_ptr(timeout_error(
+                                   "coshard: input index " + std::to_string(rec.first) +
+                                       " ran past item_timeout + timeout_grace, blocking its worker; the "
+                                       "worker (pid " + std::to_string(pid) + ") was replaced",
+                                   static_cast<std::size_t>(rec.first), pid)));
+        else
+          fail_item(rec.first, std::make_exception_ptr(worker_crashed(
+                                   static_cast<std::size_t>(rec.first), pid, sig, code, how)));
         recycle(std::move(rec.payload));
       } else {
         rec.suspect = true;

@@ -34,11 +34,44 @@
 
 namespace coshard::detail {
 
-/// Lets the worker's watchdog thread see which plain-function item runs and
-/// until when it may (0: none running).
+/// Lets the worker's watchdog thread see which item runs and until when it
+/// may (0: none running). A plain function sets the two atomics around each
+/// call; awaitable items, several at once, register with begin/end and the
+/// watchdog sees the one due first, so that an awaitable blocking the loop
+/// is caught as a stuck plain function is.
 struct item_watch {
   std::atomic<std::uint64_t> index{0};
   std::atomic<std::uint64_t> deadline_ns{0};
+  /// Awaitable items running at once; with more than one, a blocked loop
+  /// cannot be pinned on the item due first.
+  std::atomic<std::uint32_t> running_count{0};
+
+  // (deadline, index) of each running awaitable item; loop thread only.
+  using running_list = std::list<std::pair<std::uint64_t, std::uint64_t>>;
+  running_list running;
+
+  running_list::iterator begin_item(std::uint64_t index, std::uint64_t deadline) {
+    auto it = running.emplace(running.end(), deadline, index);
+    publish_earliest();
+    return it;
+  }
+  void end_item(running_list::iterator it) {
+    running.erase(it);
+    publish_earliest();
+  }
+
+ private:
+  void publish_earliest() {
+    std::uint64_t best = 0, best_index = 0;
+    for (auto& [deadline, idx] : running)
+      if (best == 0 || deadline < best) {
+        best = deadline;
+        best_index = idx;
+      }
+    index.store(best_index, std::memory_order_relaxed);
+    running_count.store(static_cast<std::uint32_t>(running.size()), std::memory_order_relaxed);
+    deadline_ns.store(best, std::memory_order_release);
+  }
 };
 
 /// What a runner may ask of the worker process hosting it.
@@ -48,6 +81,8 @@ class worker_context {
   virtual asio::io_context& io() = 0;
   [[nodiscard]] virtual std::size_t concurrency() const = 0;
   [[nodiscard]] virtual std::chrono::nanoseconds item_timeout() const = 0;
+  /// Largest frame the parent accepts.
+  [[nodiscard]] virtual std::uint64_t max_frame_bytes() const = 0;
   virtual item_watch& watch() = 0;
   /// An empty buffer, recycled from earlier replies when possible.
   virtual byte_buffer take_buffer() = 0;
@@ -140,11 +175,18 @@ T object_from_bytes(std::span<const std::byte> bytes, const char* what) {
   return *std::launder(reinterpret_cast<T*>(raw));
 }
 
-// Result records of settled jobs: tag 1 + value, or tag 0 + failure.
+// Result records of settled jobs: tag 1 + byte length + value, or tag 0 +
+// failure. The length lets the caller skip a value it cannot decode and
+// still deliver the rest of the batch.
 template <class R>
 void encode_settled_value(byte_buffer& out, const R& value) {
   encode_value(out, std::uint8_t{1});
+  const std::size_t length_at = out.size();
+  encode_value(out, std::uint64_t{0});
+  const std::size_t start = out.size();
   encode_value(out, value);
+  const std::uint64_t length = out.size() - start;
+  std::memcpy(out.data() + length_at, &length, sizeof length);
 }
 inline void encode_settled_failure(byte_buffer& out, const item_failure& f) {
   encode_value(out, std::uint8_t{0});
@@ -185,9 +227,11 @@ class task_runner final : public job_runner {
  private:
   decltype(auto) call(T&& item) { return invoke_task(fn_, shared_, std::move(item)); }
 
-  // Encodes a value, leaving `out` as it was if encoding throws midway.
+  // Encodes a value, leaving `out` as it was if encoding throws midway. A
+  // value too large for any frame is refused here, as this item's failure,
+  // rather than sent and taken by the parent for a corrupt channel.
   template <class V>
-  static void encode_or_rollback(byte_buffer& out, const V& value, bool tagged) {
+  void encode_or_rollback(byte_buffer& out, const V& value, bool tagged) {
     const std::size_t mark = out.size();
     try {
       if (tagged)
@@ -197,6 +241,12 @@ class task_runner final : public job_runner {
     } catch (...) {
       out.truncate(mark);
       throw;
+    }
+    if (const std::size_t bytes = out.size() - mark; bytes > ctx_.max_frame_bytes()) {
+      out.truncate(mark);
+      throw serialization_error("coshard: the result is " + std::to_string(bytes) +
+                                " bytes encoded, above max_frame_bytes (" +
+                                std::to_string(ctx_.max_frame_bytes()) + ")");
     }
   }
 
@@ -276,7 +326,7 @@ class task_runner final : public job_runner {
     if constexpr (!raw_inputs) check_fully_consumed(in, "batch");
     if constexpr (is_reduce) {
       try {
-        encode_value(out, *acc);
+        encode_or_rollback(out, *acc, false);
       } catch (...) {
         send_task_failed(ctx_, h, {failure_kind::threw, h.first_index, describe_current_exception()});
         return;
@@ -372,7 +422,11 @@ class task_runner final : public job_runner {
         const std::uint64_t serial = ++ls->item_serial;
         ls->timed_out = false;
         std::optional<asio::steady_timer> timer;
+        std::optional<item_watch::running_list::iterator> watched;
         if (timeout.count() > 0) {
+          watched = ctx_.watch().begin_item(
+              index, steady_now_ns() + static_cast<std::uint64_t>(
+                                           std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count()));
           timer.emplace(ctx_.io(), timeout);
           timer->async_wait([ls, serial](const asio::error_code& ec) {
             if (ec || ls->item_serial != serial) return;
@@ -396,6 +450,7 @@ class task_runner final : public job_runner {
         }
         ++ls->item_serial;  // a timer that fires from now on is stale
         if (timer) timer->cancel();
+        if (watched) ctx_.watch().end_item(*watched);
         co_await asio::this_coro::reset_cancellation_state();
       }
       if (--b->remaining == 0) finish(*b);
@@ -414,7 +469,7 @@ class task_runner final : public job_runner {
     std::uint32_t i = 0;
     try {
       if constexpr (is_reduce) {
-        encode_value(out, b.out);
+        encode_or_rollback(out, b.out, false);
       } else {
         for (; i < b.header.count; ++i) {
           if constexpr (settled) {
@@ -429,7 +484,7 @@ class task_runner final : public job_runner {
                   out, {failure_kind::threw, b.header.first_index + i, describe_current_exception()});
             }
           } else {
-            encode_value(out, *b.out[i]);
+            encode_or_rollback(out, *b.out[i], false);
           }
         }
       }

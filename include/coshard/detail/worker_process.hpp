@@ -17,6 +17,8 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstdio>
 #include <deque>
 #include <functional>
@@ -73,7 +75,11 @@ class worker_process final : public worker_context {
 
   ~worker_process() override {
     if (watchdog_.joinable()) {
-      stop_watchdog_.store(true);
+      {
+        std::lock_guard lock(watchdog_mutex_);
+        stop_watchdog_ = true;
+      }
+      watchdog_wake_.notify_all();
       watchdog_.join();
     }
   }
@@ -81,6 +87,7 @@ class worker_process final : public worker_context {
   asio::io_context& io() override { return io_; }
   [[nodiscard]] std::size_t concurrency() const override { return settings_.concurrency; }
   [[nodiscard]] std::chrono::nanoseconds item_timeout() const override { return settings_.item_timeout; }
+  [[nodiscard]] std::uint64_t max_frame_bytes() const override { return settings_.max_frame_bytes; }
   item_watch& watch() override { return watch_; }
 
   byte_buffer take_buffer() override {
@@ -105,22 +112,40 @@ class worker_process final : public worker_context {
   }
 
  private:
-  // A plain function stuck in CPU work blocks the event loop, so only a
-  // second thread can notice. It ends the process; the parent reads the item's
-  // index from the shared status page and fails that item with timeout_error.
+  // An item stuck in CPU work (a plain function, or an awaitable that
+  // blocks the loop) keeps the event loop from noticing, so only a second
+  // thread can. It ends the process; the parent reads the item's index from
+  // the shared status page and fails that item with timeout_error. It sleeps
+  // until the next deadline could pass, never on a fixed tick: with no item
+  // running, an item that starts later cannot be overdue before
+  // item_timeout + timeout_grace from now.
   void start_watchdog() {
     watchdog_ = std::thread([this] {
       const auto grace = static_cast<std::uint64_t>(settings_.timeout_grace.count());
-      while (!stop_watchdog_.load()) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      const auto period = static_cast<std::uint64_t>(settings_.item_timeout.count()) + grace;
+      std::unique_lock lock(watchdog_mutex_);
+      while (!stop_watchdog_) {
         const std::uint64_t deadline = watch_.deadline_ns.load(std::memory_order_acquire);
-        if (deadline == 0 || steady_now_ns() < deadline + grace) continue;
-        if (settings_.status)
-          settings_.status->timed_out_index.store(watch_.index.load(std::memory_order_relaxed));
-        std::fprintf(stderr, "coshard worker %d: input index %llu exceeded item_timeout; exiting\n",
-                     static_cast<int>(::getpid()),
-                     static_cast<unsigned long long>(watch_.index.load()));
-        ::_exit(timeout_exit_code);
+        const std::uint64_t now = steady_now_ns();
+        std::uint64_t wake_at = now + period;
+        if (deadline != 0) {
+          if (now >= deadline + grace) {
+            // With several awaitable items in flight, the one due first may
+            // only be waiting for the loop another item blocks: no index is
+            // named then, and the parent isolates the culprit as it does a
+            // crashing item.
+            const bool exact = watch_.running_count.load(std::memory_order_relaxed) <= 1;
+            if (settings_.status)
+              settings_.status->timed_out_index.store(exact ? watch_.index.load(std::memory_order_relaxed)
+                                                            : worker_status::none);
+            std::fprintf(stderr, "coshard worker %d: input index %llu exceeded item_timeout; exiting\n",
+                         static_cast<int>(::getpid()),
+                         static_cast<unsigned long long>(watch_.index.load()));
+            ::_exit(timeout_exit_code);
+          }
+          wake_at = deadline + grace;
+        }
+        watchdog_wake_.wait_for(lock, std::chrono::nanoseconds(wake_at - now));
       }
     });
   }
@@ -255,7 +280,9 @@ class worker_process final : public worker_context {
   int exit_code_ = 0;
   int statm_fd_ = -1;
   std::thread watchdog_;
-  std::atomic<bool> stop_watchdog_{false};
+  std::mutex watchdog_mutex_;
+  std::condition_variable watchdog_wake_;
+  bool stop_watchdog_ = false;
 };
 
 }  // namespace coshard::detail

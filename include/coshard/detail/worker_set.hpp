@@ -1,15 +1,17 @@
-// coshard/detail/worker_set.hpp - the parent's view of its worker processes.
+// coshard/detail/worker_set.hpp - the parent's view of its worker processes:
+// one slot per worker, started through the pool's supervisor.
 #pragma once
 
 #include <poll.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <string>
 #include <memory>
 #include <new>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -17,40 +19,49 @@
 
 #include <asio/io_context.hpp>
 #include <asio/local/stream_protocol.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
 
 #include "coshard/detail/frame_io.hpp"
-#include "coshard/detail/process.hpp"
+#include "coshard/detail/supervisor.hpp"
 #include "coshard/pool_options.hpp"
 
 namespace coshard::detail {
 
-// An anonymous shared page: survives fork, so parent and worker see it both.
-class shared_status_page {
+// Anonymous shared pages, one per slot, mapped before the supervisor is
+// forked: the supervisor and every worker it forks see the same memory.
+class shared_status_pages {
  public:
-  shared_status_page() {
-    void* p = ::mmap(nullptr, sizeof(worker_status), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                     -1, 0);
-    if (p == MAP_FAILED) throw pool_error("coshard: mmap of a worker status page failed");
-    status_ = new (p) worker_status;
+  explicit shared_status_pages(std::size_t n) : n_(n) {
+    void* p = ::mmap(nullptr, bytes(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw pool_error("coshard: mmap of the worker status pages failed");
+    pages_ = static_cast<worker_status*>(p);
+    for (std::size_t i = 0; i < n_; ++i) new (pages_ + i) worker_status;
   }
-  shared_status_page(const shared_status_page&) = delete;
-  shared_status_page& operator=(const shared_status_page&) = delete;
-  ~shared_status_page() { ::munmap(status_, sizeof(worker_status)); }
-  [[nodiscard]] worker_status* get() const noexcept { return status_; }
+  shared_status_pages(const shared_status_pages&) = delete;
+  shared_status_pages& operator=(const shared_status_pages&) = delete;
+  ~shared_status_pages() { ::munmap(pages_, bytes()); }
+  [[nodiscard]] worker_status* at(std::size_t i) const noexcept { return pages_ + i; }
 
  private:
-  worker_status* status_;
+  [[nodiscard]] std::size_t bytes() const noexcept { return std::max<std::size_t>(1, n_) * sizeof(worker_status); }
+  std::size_t n_;
+  worker_status* pages_ = nullptr;
 };
 
 struct worker_slot {
-  /// Atomic because process_pool::shutdown(forced) reads it from another thread.
+  /// Atomic because worker_pids() may read it from another thread.
   std::atomic<pid_t> pid{-1};
+  /// The parent's end of the channel; -1 while the slot has no worker.
   int fd = -1;
   /// Written by the worker before it exits on its own (e.g. its watchdog).
-  std::unique_ptr<shared_status_page> status;
-  /// Set when the channel can no longer be trusted (EOF, corrupt frame): the
-  /// worker is killed and replaced before the next job.
-  bool broken = false;
+  worker_status* status = nullptr;
+  /// A worker asked of the supervisor and not yet taken into the slot.
+  std::shared_ptr<oneshot<spawn_result>> starting;
+  /// When the worker being started must have said it is ready.
+  std::chrono::steady_clock::time_point start_deadline{};
+  /// False until the worker's ready frame (its initializers ran) was read.
+  bool ready = false;
   /// Reads this worker's replies; its buffer is reused from job to job.
   std::unique_ptr<frame_reader> reader;
   /// Items sent to this worker process so far (for max_items_per_worker).
@@ -64,6 +75,8 @@ struct worker_slot {
   /// descriptor; the socket is released (never closed) before `fd` is closed.
   std::unique_ptr<asio::local::stream_protocol::socket> socket;
   asio::io_context* socket_context = nullptr;
+
+  [[nodiscard]] bool live() const noexcept { return fd >= 0; }
 
   /// The socket of this channel registered with `ctx`'s reactor.
   asio::local::stream_protocol::socket& socket_on(asio::io_context& ctx) {
@@ -89,168 +102,292 @@ struct worker_slot {
 
 class worker_set {
  public:
-  explicit worker_set(const pool_options& opts) : opts_(opts) {
-    std::size_t n = opts.workers ? opts.workers : std::max(1u, std::thread::hardware_concurrency());
-    slots_ = std::vector<worker_slot>(n);
+  /// Forks the supervisor, has it start every worker and waits until all are
+  /// ready (their initializers ran), within startup_timeout. Throws
+  /// pool_error naming the first worker that failed; nothing is left behind.
+  explicit worker_set(const pool_options& opts)
+      : opts_(opts),
+        slots_(opts.workers ? opts.workers : std::max(1u, std::thread::hardware_concurrency())),
+        pages_(slots_.size()),
+        settings_([this](std::uint32_t slot) { return settings(slot); }),
+        link_(settings_) {
+    for (std::size_t i = 0; i < slots_.size(); ++i) slots_[i].status = pages_.at(i);
     try {
-      // Fork all first so that their initializers run in parallel.
-      for (auto& s : slots_) fork_worker(s);
-      for (auto& s : slots_) await_ready(s);
+      // All are asked for first so that their initializers run in parallel.
+      for (auto& s : slots_) request_start(s);
+      for (auto& s : slots_) await_start_blocking(s);
     } catch (...) {
-      shutdown();
+      link_.kill_all();
+      close_channels();
+      link_.shutdown(std::chrono::milliseconds(0));
+      close_started();
       throw;
     }
   }
   worker_set(const worker_set&) = delete;
   worker_set& operator=(const worker_set&) = delete;
-  ~worker_set() { shutdown(); }
+  ~worker_set() { shutdown(std::chrono::milliseconds(0)); }
 
   [[nodiscard]] std::vector<worker_slot>& slots() noexcept { return slots_; }
   [[nodiscard]] const std::vector<worker_slot>& slots() const noexcept { return slots_; }
   [[nodiscard]] const pool_options& options() const noexcept { return opts_; }
-
-  /// Replaces the worker of `s` (killing and reaping it first if it still
-  /// runs). Throws pool_error if the pool is closing or the new worker fails
-  /// to start.
-  void restart(worker_slot& s) {
-    // A replacement can be killed from outside while it starts (as any worker
-    // can); only a failure that repeats is reported.
-    for (int attempt = 1;; ++attempt) {
-      stop(s, std::chrono::milliseconds(0));
-      if (closing_.load()) throw pool_error("coshard: the pool was shut down");
-      try {
-        start(s);
-        return;
-      } catch (const pool_error&) {
-        if (attempt == max_start_attempts) throw;
-      }
-    }
-  }
+  [[nodiscard]] supervisor_link& supervisor() noexcept { return link_; }
 
   /// Refuses replacements from now on; a shutdown is under way.
   void close() noexcept { closing_.store(true); }
   [[nodiscard]] bool closing() const noexcept { return closing_.load(); }
 
-  /// SIGKILLs every worker; callable from any thread. Reaping is left to the
-  /// job that notices, or to shutdown().
-  void kill_all() noexcept {
+  /// SIGKILLs every worker; callable from any thread.
+  void kill_all() noexcept { link_.kill_all(); }
+
+  /// Ends every channel at once, from any thread, without closing the
+  /// descriptors a running job may still hold in its sockets: the job's reads
+  /// see EOF and the workers see EOF (and exit) even if a process the owner
+  /// forked holds copies of the descriptors.
+  void hang_up_channels() noexcept {
     for (auto& s : slots_)
-      if (const pid_t pid = s.pid.load(); pid > 0) ::kill(pid, SIGKILL);
+      if (s.fd >= 0) ::shutdown(s.fd, SHUT_RDWR);
   }
 
-  /// Kills and replaces every worker whose channel broke in an earlier job.
-  void replace_broken() {
-    for (auto& s : slots_) {
-      if (!s.broken) continue;
-      stop(s, std::chrono::milliseconds(0));
-      start(s);
-    }
+  /// Closes every channel (a worker exits on EOF). Only when no job runs.
+  void close_channels() noexcept {
+    for (auto& s : slots_) drop_worker(s);
   }
 
-  /// Closes every channel (a worker exits on EOF), then reaps each worker,
-  /// killing those still alive after `shutdown_timeout`.
-  void shutdown() noexcept { shutdown(opts_.shutdown_timeout); }
-
+  /// Closes the channels, lets the supervisor wait up to `grace` for the
+  /// workers to exit and kill the rest, and reaps the supervisor. Bounded by
+  /// grace + about 1 s. Idempotent.
   void shutdown(std::chrono::milliseconds grace) noexcept {
     closing_.store(true);
-    for (auto& s : slots_)
-      if (s.fd >= 0) {
-        s.release_socket();
-        ::close(s.fd);
-        s.fd = -1;
-      }
-    const auto deadline = std::chrono::steady_clock::now() + grace;
+    close_channels();
+    link_.shutdown(grace);
+    close_started();
+  }
+
+  /// In a process forked from the owner: lets go of every descriptor and
+  /// touches nothing the owner's workers or supervisor depend on.
+  void abandon() noexcept {
+    closing_.store(true);
     for (auto& s : slots_) {
-      if (s.pid <= 0) continue;
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      reap_worker(s.pid, std::max(left, std::chrono::milliseconds(0)));
-      s.pid = -1;
+      if (s.socket) (void)s.socket.release();  // its reactor is the owner's epoll set too
+      if (s.fd >= 0) ::close(s.fd);
+      s.fd = -1;
     }
+    link_.abandon();
+  }
+
+  /// Asks the supervisor for a new worker in `s` (which must have none).
+  void request_start(worker_slot& s) {
+    s.starting = link_.spawn(static_cast<std::uint32_t>(&s - slots_.data()));
+    s.start_deadline = std::chrono::steady_clock::now() + opts_.startup_timeout;
+    s.status->timed_out_index.store(worker_status::none);
+  }
+
+  /// Lets the worker of `s` go: its channel is closed (it exits on EOF) and
+  /// its exit is of no more interest. Also drops a start under way.
+  void drop_worker(worker_slot& s) noexcept {
+    s.release_socket();
+    if (s.fd >= 0) {
+      ::shutdown(s.fd, SHUT_RDWR);
+      ::close(s.fd);
+    }
+    s.fd = -1;
+    if (const pid_t pid = s.pid.exchange(-1); pid > 0) link_.forget(pid);
+    s.ready = false;
+  }
+
+  /// Brings `s` up if it has no ready worker: asks for one if none is being
+  /// started, then waits for it on the calling coroutine's executor (never
+  /// blocking it) until it is ready. `interrupt` is set to a function that
+  /// makes the wait give up early (the job was cancelled); returns false
+  /// then, with the start left in place for the next job. Throws pool_error
+  /// if the worker cannot be started (the slot is then left empty, to be
+  /// started again by the next job).
+  asio::awaitable<bool> bring_up(worker_slot& s, std::function<void()>& interrupt) {
+    auto ex = co_await asio::this_coro::executor;
+    for (int attempt = 1; !(s.live() && s.ready); ++attempt) {
+      if (closing()) throw pool_error("coshard: the pool was shut down");
+      if (!s.live() && !s.starting) request_start(s);
+      bool interrupted = false;
+      auto timer = std::make_shared<asio::steady_timer>(ex, s.start_deadline);
+      if (s.starting) {
+        interrupt = [timer, &interrupted] {
+          interrupted = true;
+          timer->cancel();
+        };
+        auto got = co_await s.starting->wait(timer);
+        interrupt = nullptr;
+        if (!got) {
+          if (interrupted) co_return false;
+          orphans_.push_back(std::move(s.starting));  // its descriptor, if one comes, is closed at shutdown
+          throw pool_error("coshard: the supervisor did not start a worker within startup_timeout (" +
+                           std::to_string(opts_.startup_timeout.count()) + " ms)");
+        }
+        take_started(s, std::move(*got));
+      }
+      // The ready frame: the worker's initializers ran (or failed).
+      std::string failure;
+      bool died = false;
+      {
+        asio::local::stream_protocol::socket sock(ex);
+        sock.assign(asio::local::stream_protocol(), s.fd);
+        bool timed_out = false;
+        timer->expires_at(s.start_deadline);
+        timer->async_wait([&](const asio::error_code& ec) {
+          if (ec) return;
+          timed_out = true;
+          asio::error_code ignored;
+          sock.cancel(ignored);
+        });
+        interrupt = [&] {
+          interrupted = true;
+          asio::error_code ignored;
+          sock.cancel(ignored);
+        };
+        try {
+          frame_header h;
+          const auto payload = co_await s.reader->read(sock, h);
+          failure = ready_failure(h, payload);
+        } catch (const serialization_error& e) {
+          failure = e.what();
+        } catch (const std::system_error& e) {
+          if (interrupted) {
+            failure.clear();
+          } else if (timed_out) {
+            failure = "did not start within startup_timeout (" + std::to_string(opts_.startup_timeout.count()) +
+                      " ms)";
+          } else {
+            died = true;
+          }
+        }
+        interrupt = nullptr;
+        timer->cancel();
+        asio::error_code ignored;
+        sock.release(ignored);
+      }
+      if (interrupted) co_return false;
+      if (failure.empty() && !died) {
+        s.ready = true;
+        co_return true;
+      }
+      const pid_t pid = s.pid.load();
+      if (died) {
+        // Killed from outside while starting, as any worker can be: only a
+        // death that repeats is reported.
+        const int status = co_await exit_status(pid, ex);
+        drop_worker(s);
+        if (attempt < max_start_attempts) continue;
+        throw pool_error("coshard: worker pid " + std::to_string(pid) + " exited during startup (" +
+                         describe_wait_status(status) + ")");
+      }
+      link_.kill(pid);
+      drop_worker(s);
+      throw pool_error("coshard: worker pid " + std::to_string(pid) + " " + failure);
+    }
+    co_return true;
+  }
+
+  /// The wait status of worker `pid` (reaped by the supervisor), waited for
+  /// on `ex` without blocking it; a worker that has not exited 2 s after its
+  /// channel ended is killed.
+  asio::awaitable<int> exit_status(pid_t pid, asio::any_io_executor ex) {
+    auto exit = link_.exit_of(pid);
+    auto timer = std::make_shared<asio::steady_timer>(ex, std::chrono::seconds(2));
+    auto status = co_await exit->wait(timer);
+    if (!status) {
+      link_.kill(pid);
+      timer->expires_after(std::chrono::seconds(5));
+      status = co_await exit->wait(timer);
+    }
+    link_.forget(pid);
+    co_return status.value_or(unknown_wait_status);
   }
 
  private:
-  worker_settings settings(worker_slot& s) const {
+  worker_settings settings(std::uint32_t slot) const {
     return {opts_.concurrency, opts_.max_frame_bytes, opts_.item_timeout, opts_.timeout_grace,
-            s.status->get(), &opts_.initializer, &opts_.async_initializer,
-            opts_.max_worker_rss_bytes > 0};
+            pages_.at(slot), &opts_.initializer, &opts_.async_initializer, opts_.max_worker_rss_bytes > 0};
   }
 
-  void start(worker_slot& s) {
-    fork_worker(s);
-    await_ready(s);
+  // Moves a worker the supervisor started into its slot (not ready yet).
+  void take_started(worker_slot& s, spawn_result r) {
+    s.starting.reset();
+    if (r.fd < 0) throw pool_error("coshard: a worker " + r.error);
+    s.fd = r.fd;
+    s.pid = r.pid;
+    s.ready = false;
+    s.reader = std::make_unique<frame_reader>(opts_.max_frame_bytes);
+    s.items_assigned = 0;
+    s.retire = false;
   }
 
-  // Blocks until the worker's ready frame arrives (its initializers ran), or
-  // throws pool_error saying why not; the worker is reaped on failure.
-  void await_ready(worker_slot& s) {
-    const auto deadline = std::chrono::steady_clock::now() + opts_.startup_timeout;
+  // "" if `h` is the ready frame of a worker that started; else why not.
+  static std::string ready_failure(const frame_header& h, std::span<const std::byte> payload) {
+    if (h.type != frame_type::worker_ready) return "sent a malformed ready frame";
+    if (!h.flags) return {};
+    return "could not start: its initializer threw " + decode<std::string>(payload);
+  }
+
+  // The constructor's wait for one worker, blocking (nothing else runs yet).
+  void await_start_blocking(worker_slot& s) {
+    auto got = s.starting->wait_until(s.start_deadline);
+    if (!got)
+      throw pool_error("coshard: the supervisor did not start a worker within startup_timeout (" +
+                       std::to_string(opts_.startup_timeout.count()) + " ms)");
+    take_started(s, std::move(*got));
     const pid_t pid = s.pid;
     auto fail = [&](const std::string& why) {
-      stop(s, std::chrono::milliseconds(1000));
+      link_.kill(pid);
       throw pool_error("coshard: worker pid " + std::to_string(pid) + " " + why);
     };
+    std::vector<std::byte> buf;
     auto read_exact = [&](void* dst, std::size_t n) {
       auto* p = static_cast<char*>(dst);
       while (n > 0) {
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-            deadline - std::chrono::steady_clock::now());
+            s.start_deadline - std::chrono::steady_clock::now());
         pollfd pfd{s.fd, POLLIN, 0};
         const int r = ::poll(&pfd, 1, static_cast<int>(std::max<long long>(0, left.count())));
         if (r < 0 && errno == EINTR) continue;
         if (r == 0)
           fail("did not start within startup_timeout (" + std::to_string(opts_.startup_timeout.count()) +
                " ms)");
-        const ssize_t got = ::read(s.fd, p, n);
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) {
-          const int status = reap_worker(pid, std::chrono::milliseconds(1000));
-          s.pid = -1;
-          fail("exited during startup (" + describe_wait_status(status) + ")");
+        const ssize_t got_bytes = ::read(s.fd, p, n);
+        if (got_bytes < 0 && errno == EINTR) continue;
+        if (got_bytes <= 0) {
+          const auto status = link_.exit_of(pid)->wait_until(std::chrono::steady_clock::now() + std::chrono::seconds(2));
+          fail("exited during startup (" + describe_wait_status(status.value_or(unknown_wait_status)) + ")");
         }
-        p += got;
-        n -= static_cast<std::size_t>(got);
+        p += got_bytes;
+        n -= static_cast<std::size_t>(got_bytes);
       }
     };
     frame_header h;
     read_exact(&h, sizeof h);
-    if (h.magic != frame_magic || h.type != frame_type::worker_ready || h.payload_size > (1u << 20))
-      fail("sent a malformed ready frame");
-    std::string message;
-    if (h.payload_size) {
-      std::vector<std::byte> payload(h.payload_size);
-      read_exact(payload.data(), payload.size());
-      message = decode<std::string>(payload);
-    }
-    if (h.flags) fail("could not start: its initializer threw " + message);
+    if (h.magic != frame_magic || h.payload_size > (1u << 20)) fail("sent a malformed ready frame");
+    buf.resize(h.payload_size);
+    if (!buf.empty()) read_exact(buf.data(), buf.size());
+    if (auto why = ready_failure(h, buf); !why.empty()) fail(why);
+    s.ready = true;
   }
 
-  void fork_worker(worker_slot& s) {
-    std::vector<int> others;
-    for (auto& o : slots_)
-      if (&o != &s && o.fd >= 0) others.push_back(o.fd);
-    if (!s.status) s.status = std::make_unique<shared_status_page>();
-    s.status->get()->timed_out_index.store(worker_status::none);
-    auto w = spawn_worker(settings(s), others);
-    s.pid = w.pid;
-    s.fd = w.fd;
-    s.broken = false;
-    s.reader = std::make_unique<frame_reader>(opts_.max_frame_bytes);
-    s.items_assigned = 0;
-    s.retire = false;
-  }
-
-  void stop(worker_slot& s, std::chrono::milliseconds grace) {
-    s.release_socket();
-    if (s.fd >= 0) ::close(s.fd);
-    s.fd = -1;
-    if (s.pid > 0) reap_worker(s.pid, grace);
-    s.pid = -1;
+  // After the supervisor is gone: descriptors of workers it started that no
+  // slot took.
+  void close_started() noexcept {
+    for (auto& s : slots_) orphans_.push_back(std::move(s.starting));
+    for (auto& started : orphans_)
+      if (started)
+        if (auto r = started->peek(); r && r->fd >= 0) ::close(r->fd);
+    orphans_.clear();
   }
 
   static constexpr int max_start_attempts = 5;
   pool_options opts_;
   std::vector<worker_slot> slots_;
+  shared_status_pages pages_;
+  worker_settings_factory settings_;
+  supervisor_link link_;
+  std::vector<std::shared_ptr<oneshot<spawn_result>>> orphans_;  // starts given up on
   std::atomic<bool> closing_{false};
 };
 

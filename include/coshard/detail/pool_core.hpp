@@ -1,0 +1,217 @@
+// coshard/detail/pool_core.hpp - what a process_pool owns, shared with its
+// running job: the workers, the event loops jobs run on, who runs a job now
+// and how to cancel it, and the bounded shutdown.
+#pragma once
+
+#include "coshard/detail/asio_config.hpp"
+
+#include <asio/any_io_executor.hpp>
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
+#include <asio/post.hpp>
+#include <asio/strand.hpp>
+
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "coshard/detail/worker_set.hpp"
+#include "coshard/errors.hpp"
+#include "coshard/pool_options.hpp"
+
+namespace coshard::detail {
+
+/// A function telling whether the calling thread runs the event loop behind
+/// `ex` (empty when that cannot be known for this executor type).
+template <class Executor>
+std::function<bool()> loop_thread_probe(const Executor& ex) {
+  if constexpr (std::is_same_v<Executor, asio::io_context::executor_type>) {
+    return [ex] { return ex.running_in_this_thread(); };
+  } else if constexpr (std::is_same_v<Executor, asio::any_io_executor>) {
+    if (auto* t = ex.template target<asio::io_context::executor_type>()) return loop_thread_probe(*t);
+    if (auto* s = ex.template target<asio::strand<asio::io_context::executor_type>>())
+      return loop_thread_probe(s->get_inner_executor());
+    if (auto* s = ex.template target<asio::strand<asio::any_io_executor>>())
+      return loop_thread_probe(s->get_inner_executor());
+    return {};
+  } else if constexpr (requires { ex.get_inner_executor(); }) {
+    return loop_thread_probe(ex.get_inner_executor());
+  } else {
+    return {};
+  }
+}
+
+class pool_core : public std::enable_shared_from_this<pool_core> {
+ public:
+  explicit pool_core(const pool_options& options) : owner_(::getpid()), workers(options) {}
+
+  pool_core(const pool_core&) = delete;
+  pool_core& operator=(const pool_core&) = delete;
+  ~pool_core() {
+    if (background_thread_.joinable()) background_thread_.detach();  // only ever its own last owner
+  }
+
+  /// Throws pool_error unless called in the process that built the pool.
+  void check_owner() const {
+    if (::getpid() != owner_)
+      throw pool_error("coshard: this process_pool belongs to process " + std::to_string(owner_) +
+                       "; a process forked from it cannot use it");
+  }
+
+  /// Marks the pool busy for one job; a second concurrent job is refused
+  /// rather than interleaving two jobs' frames on one channel. `loop_thread`
+  /// tells whether the calling thread runs the job's event loop.
+  void claim(std::function<bool()> loop_thread) {
+    check_owner();
+    if (workers.closing()) throw pool_error("coshard: this process_pool has been shut down");
+    std::lock_guard lock(busy_mutex_);
+    if (busy_)
+      throw pool_error("coshard: this process_pool is already running a job; "
+                       "wait for it to finish or use a second pool");
+    busy_ = true;
+    job_loop_thread_ = std::move(loop_thread);
+  }
+
+  void release() noexcept {
+    {
+      std::lock_guard lock(busy_mutex_);
+      busy_ = false;
+      job_loop_thread_ = nullptr;
+    }
+    busy_idle_.notify_all();
+  }
+
+  /// Lets cancel() reach the running job from any thread: the request is
+  /// posted to the job's executor and dropped if the job has ended by then.
+  template <class Executor>
+  void set_canceller(Executor ex, std::weak_ptr<std::function<void()>> target) {
+    std::lock_guard lock(cancel_mutex_);
+    cancel_current_ = [ex, target] {
+      asio::post(ex, [target] {
+        if (auto t = target.lock(); t && *t) (*t)();
+      });
+    };
+  }
+  void clear_canceller() {
+    std::lock_guard lock(cancel_mutex_);
+    cancel_current_ = nullptr;
+  }
+
+  void cancel() {
+    std::lock_guard lock(cancel_mutex_);
+    if (cancel_current_) cancel_current_();
+  }
+
+  /// The pool-owned loop for handlers without an io executor, started on
+  /// first use; nullopt once the pool is shut down.
+  std::optional<asio::io_context::executor_type> background_executor() {
+    std::lock_guard lock(background_mutex_);
+    if (workers.closing() || background_stopped_) return std::nullopt;
+    if (!background_thread_.joinable()) {
+      background_guard_.emplace(background_.get_executor());
+      // The thread holds the core: a handler on it may destroy the pool.
+      background_thread_ = std::thread([self = shared_from_this()] { self->background_.run(); });
+    }
+    return background_.get_executor();
+  }
+  [[nodiscard]] asio::io_context& background_context() noexcept { return background_; }
+
+  /// See process_pool::shutdown. Bounded; never throws.
+  void shutdown(shutdown_mode mode) noexcept {
+    if (::getpid() != owner_) {
+      abandon();
+      return;
+    }
+    const auto grace = workers.options().shutdown_timeout;
+    workers.close();
+    if (mode == shutdown_mode::forced) workers.kill_all();
+    try {
+      cancel();
+    } catch (...) {  // posting may allocate
+    }
+    bool idle;
+    {
+      std::unique_lock lock(busy_mutex_);
+      const bool on_job_thread = busy_ && job_loop_thread_ && job_loop_thread_();
+      // Called from the thread that runs the job (a signal handler coroutine
+      // on its io_context, a for_each_result sink): the job can only end once
+      // this call returns, so it is not waited for.
+      idle = !busy_ || (!on_job_thread && busy_idle_.wait_for(lock, grace, [&] { return !busy_; }));
+      if (!idle && !on_job_thread) {
+        lock.unlock();
+        workers.kill_all();
+        lock.lock();
+        // A job on an event loop that no longer runs never ends: it keeps
+        // this core alive and is given up on here.
+        idle = busy_idle_.wait_for(lock, grace, [&] { return !busy_; });
+      }
+    }
+    const auto mode_grace = mode == shutdown_mode::forced ? std::chrono::milliseconds(0) : grace;
+    if (idle) {
+      workers.shutdown(mode_grace);
+    } else {
+      // The job still holds the channels' sockets: end the channels without
+      // closing their descriptors (closed when the job lets the core go).
+      workers.hang_up_channels();
+      workers.supervisor().shutdown(mode_grace);
+    }
+    stop_background();
+  }
+
+ private:
+  void stop_background() noexcept {
+    std::thread t;
+    {
+      std::lock_guard lock(background_mutex_);
+      background_stopped_ = true;
+      background_guard_.reset();
+      t = std::move(background_thread_);
+    }
+    if (!t.joinable()) return;
+    if (t.get_id() == std::this_thread::get_id())
+      t.detach();  // a handler on the background loop shut the pool down
+    else
+      t.join();
+  }
+
+  // In a process forked from the owner: the owner's workers and supervisor
+  // are not ours to stop, and threads copied in the fork do not run here.
+  void abandon() noexcept {
+    if (abandoned_) return;
+    abandoned_ = true;
+    workers.abandon();
+    if (background_thread_.joinable()) new std::thread(std::move(background_thread_));
+  }
+
+  pid_t owner_;
+
+ public:
+  worker_set workers;
+  /// Blocking calls run their job here, on the calling thread.
+  asio::io_context io{1};
+  std::atomic<std::uint64_t> job_counter{0};
+
+ private:
+  bool abandoned_ = false;
+  std::mutex busy_mutex_;
+  std::condition_variable busy_idle_;
+  bool busy_ = false;
+  std::function<bool()> job_loop_thread_;
+  std::mutex cancel_mutex_;
+  std::function<void()> cancel_current_;
+  std::mutex background_mutex_;
+  asio::io_context background_{1};
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> background_guard_;
+  std::thread background_thread_;
+  bool background_stopped_ = false;
+};
+
+}  // namespace coshard::detail

@@ -1,0 +1,499 @@
+// coshard/detail/supervisor.hpp - the fork server of a pool: one small,
+// single-threaded process, forked when the pool is built, that forks every
+// worker on request, reaps them and reports how each ended.
+//
+// Why: the caller's process may run threads, other pools, signal handlers and
+// its own children. Forking workers from it at any later time (from whichever
+// thread runs a job) tied them to that thread's life (PR_SET_PDEATHSIG fires
+// when the forking *thread* exits), let them inherit whatever was open by
+// then, and made the job's thread wait on fork and waitpid. After the pool's
+// constructor the caller's process never forks again; its only child is the
+// supervisor.
+#pragma once
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+#include <thread>
+#include <vector>
+
+#include "coshard/detail/child_setup.hpp"
+#include "coshard/detail/oneshot.hpp"
+#include "coshard/detail/process.hpp"
+#include "coshard/errors.hpp"
+
+namespace coshard::detail {
+
+// glibc 2.36 declares these in <sys/pidfd.h> without C linkage for C++;
+// the system calls themselves are in every kernel since 5.3.
+inline int open_pidfd(pid_t pid) noexcept { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+inline int signal_pidfd(int pidfd, int sig) noexcept {
+  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
+}
+
+// ---------------------------------------------------------------------------
+// Control messages (SOCK_SEQPACKET: one message per send, a descriptor rides
+// along with `spawned`).
+// ---------------------------------------------------------------------------
+
+enum class supervisor_op : std::uint32_t {
+  // owner -> supervisor
+  spawn = 1,     // fork a worker for `slot`; answered by spawned or spawn_failed with `id`
+  kill = 2,      // SIGKILL worker `pid`, if it is still a live child
+  kill_all = 3,  // SIGKILL every worker
+  shutdown = 4,  // no more spawns; kill what is left after `arg` ms, then exit
+  // supervisor -> owner
+  spawned = 10,       // worker `pid` started for `slot`; its channel comes as SCM_RIGHTS
+  spawn_failed = 11,  // `arg` is the errno of the failed fork or socketpair
+  exited = 12,        // worker `pid` was reaped; `arg` is its wait status
+};
+
+struct supervisor_message {
+  supervisor_op op{};
+  std::uint32_t slot = 0;
+  std::uint64_t id = 0;
+  std::int32_t pid = 0;
+  std::int32_t arg = 0;
+};
+
+inline bool send_message(int fd, const supervisor_message& m, int pass_fd = -1) noexcept {
+  iovec iov{const_cast<supervisor_message*>(&m), sizeof m};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  if (pass_fd >= 0) {
+    std::memset(control, 0, sizeof control);
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+  }
+  for (;;) {
+    if (::sendmsg(fd, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof m)) return true;
+    if (errno != EINTR) return false;
+  }
+}
+
+/// Receives one message (and the descriptor it carries, close-on-exec, into
+/// `got_fd`). Returns false on EOF or error.
+inline bool receive_message(int fd, supervisor_message& m, int& got_fd) noexcept {
+  got_fd = -1;
+  iovec iov{&m, sizeof m};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n;
+  do {
+    n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  for (cmsghdr* c = n > 0 ? CMSG_FIRSTHDR(&msg) : nullptr; c; c = CMSG_NXTHDR(&msg, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) std::memcpy(&got_fd, CMSG_DATA(c), sizeof(int));
+  if (n != static_cast<ssize_t>(sizeof m)) {
+    if (got_fd >= 0) ::close(got_fd);
+    got_fd = -1;
+    return false;
+  }
+  return true;
+}
+
+/// Builds the settings of the worker for one slot, in the supervisor.
+using worker_settings_factory = std::function<worker_settings(std::uint32_t slot)>;
+
+/// Sets the socket buffers of a worker channel: a whole batch goes down in
+/// one send (the kernel caps the request at net.core.wmem_max).
+inline void size_channel_buffers(int fd) noexcept {
+  const int bytes = 1 << 20;
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+}
+
+// ---------------------------------------------------------------------------
+// The supervisor process.
+// ---------------------------------------------------------------------------
+
+class supervisor_process {
+ public:
+  supervisor_process(int control, pid_t owner, const worker_settings_factory& settings)
+      : control_(control), owner_(owner), settings_(settings) {}
+
+  [[noreturn]] void run() noexcept {
+    // The owner's death (SIGKILL included, whichever of its threads built the
+    // pool) makes its pidfd readable; the check closes the race where it died
+    // before pidfd_open.
+    owner_pidfd_ = open_pidfd(owner_);
+    if (owner_pidfd_ < 0 || ::getppid() != owner_) ::_exit(0);
+    close_descriptors_except({control_, owner_pidfd_});
+    reset_signal_handling();
+    ::prctl(PR_SET_NAME, "coshard-sup");
+    // A terminal's Ctrl-C goes to the owner alone: it decides whether the
+    // pool shuts down, and its death takes the workers down anyway.
+    ::setpgid(0, 0);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    ::sigprocmask(SIG_BLOCK, &chld, nullptr);
+    sigchld_ = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sigchld_ < 0) ::_exit(70);
+    for (;;) {
+      pollfd fds[3] = {{control_, control_open_ ? short(POLLIN) : short(0), 0},
+                       {owner_pidfd_, POLLIN, 0},
+                       {sigchld_, POLLIN, 0}};
+      int timeout = -1;
+      if (exiting_) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline_ - std::chrono::steady_clock::now());
+        timeout = static_cast<int>(std::max<long long>(0, left.count()));
+      }
+      const int r = ::poll(fds, 3, timeout);
+      if (r < 0 && errno != EINTR) terminate_all_and_exit();
+      if (fds[2].revents) reap();
+      if (fds[1].revents) terminate_all_and_exit();  // the owner is gone
+      if (fds[0].revents) serve_control();
+      if (exiting_) {
+        if (children_.empty()) ::_exit(0);
+        if (std::chrono::steady_clock::now() >= deadline_) terminate_all_and_exit();
+      }
+    }
+  }
+
+ private:
+  void serve_control() noexcept {
+    supervisor_message m;
+    int ignored_fd = -1;
+    if (!receive_message(control_, m, ignored_fd)) {
+      // The owner closed the channel (its pool is gone): whatever the grace
+      // was, no one will read our reports any more.
+      control_open_ = false;
+      if (!exiting_) begin_exit(std::chrono::milliseconds(0));
+      return;
+    }
+    switch (m.op) {
+      case supervisor_op::spawn:
+        if (exiting_) {
+          report({supervisor_op::spawn_failed, m.slot, m.id, 0, ESHUTDOWN});
+          return;
+        }
+        spawn(m);
+        return;
+      case supervisor_op::kill:
+        // Only a child not yet reaped: its pid cannot have been reused.
+        if (children_.count(m.pid)) ::kill(m.pid, SIGKILL);
+        return;
+      case supervisor_op::kill_all:
+        for (auto& [pid, slot] : children_) ::kill(pid, SIGKILL);
+        return;
+      case supervisor_op::shutdown:
+        begin_exit(std::chrono::milliseconds(m.arg));
+        return;
+      default:
+        return;
+    }
+  }
+
+  void begin_exit(std::chrono::milliseconds grace) noexcept {
+    const auto at = std::chrono::steady_clock::now() + grace;
+    if (!exiting_ || at < deadline_) deadline_ = at;
+    exiting_ = true;
+  }
+
+  void spawn(const supervisor_message& m) noexcept {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+      report({supervisor_op::spawn_failed, m.slot, m.id, 0, errno});
+      return;
+    }
+    size_channel_buffers(sv[0]);
+    size_channel_buffers(sv[1]);
+    flush_standard_streams();
+    const pid_t self = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+      const int err = errno;
+      ::close(sv[0]);
+      ::close(sv[1]);
+      report({supervisor_op::spawn_failed, m.slot, m.id, 0, err});
+      return;
+    }
+    if (pid == 0) {
+      close_descriptors_except({sv[1]});
+      worker_main(sv[1], self, settings_(m.slot));
+    }
+    ::close(sv[1]);
+    children_[pid] = m.slot;
+    report({supervisor_op::spawned, m.slot, m.id, pid, 0}, sv[0]);
+    ::close(sv[0]);
+  }
+
+  void reap() noexcept {
+    signalfd_siginfo info;
+    while (::read(sigchld_, &info, sizeof info) > 0) {
+    }
+    int status = 0;
+    pid_t pid;
+    while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0) {
+      auto it = children_.find(pid);
+      if (it == children_.end()) continue;
+      const std::uint32_t slot = it->second;
+      children_.erase(it);
+      report({supervisor_op::exited, slot, 0, pid, status});
+    }
+  }
+
+  void report(const supervisor_message& m, int fd = -1) noexcept {
+    if (control_open_ && !send_message(control_, m, fd)) control_open_ = false;
+  }
+
+  [[noreturn]] void terminate_all_and_exit() noexcept {
+    for (auto& [pid, slot] : children_) ::kill(pid, SIGKILL);
+    for (auto& [pid, slot] : children_) {
+      int status = 0;
+      while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      report({supervisor_op::exited, slot, 0, pid, status});
+    }
+    ::_exit(0);
+  }
+
+  int control_;
+  pid_t owner_;
+  const worker_settings_factory& settings_;
+  int owner_pidfd_ = -1;
+  int sigchld_ = -1;
+  bool control_open_ = true;
+  bool exiting_ = false;
+  std::chrono::steady_clock::time_point deadline_{};
+  std::map<pid_t, std::uint32_t> children_;
+};
+
+// ---------------------------------------------------------------------------
+// The owner's side.
+// ---------------------------------------------------------------------------
+
+/// A worker as the supervisor started it: its pid and the owner's end of its
+/// channel, or why it could not be started.
+struct spawn_result {
+  pid_t pid = -1;
+  int fd = -1;
+  std::string error;
+};
+
+/// Wait status reported for a worker whose supervisor died before reaping it
+/// (the worker was killed by its parent-death signal).
+inline constexpr int unknown_wait_status = -1;
+
+/// The owner's link to its supervisor: requests go down the control socket
+/// from any thread; a thread of the owner reads the supervisor's reports and
+/// hands each to whoever waits for it.
+class supervisor_link {
+ public:
+  /// Forks the supervisor. Throws pool_error if it cannot.
+  explicit supervisor_link(const worker_settings_factory& settings) : owner_(::getpid()) {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+      throw pool_error(std::string("coshard: socketpair for the supervisor failed: ") + std::strerror(errno));
+    flush_standard_streams();
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+      const int err = errno;
+      ::close(sv[0]);
+      ::close(sv[1]);
+      throw pool_error(std::string("coshard: fork of the supervisor failed: ") + std::strerror(err));
+    }
+    if (pid == 0) {
+      ::close(sv[0]);
+      supervisor_process(sv[1], owner_, settings).run();
+    }
+    ::close(sv[1]);
+    control_ = sv[0];
+    pid_ = pid;
+    pidfd_ = open_pidfd(pid);  // it cannot have exited: it waits for us
+    reader_ = std::thread([this] { read_reports(); });
+  }
+
+  supervisor_link(const supervisor_link&) = delete;
+  supervisor_link& operator=(const supervisor_link&) = delete;
+  ~supervisor_link() { shutdown(std::chrono::milliseconds(0)); }
+
+  /// Asks for a worker for `slot`; the result arrives as soon as it is forked
+  /// (its initializer may still be running).
+  std::shared_ptr<oneshot<spawn_result>> spawn(std::uint32_t slot) {
+    auto result = std::make_shared<oneshot<spawn_result>>();
+    std::uint64_t id;
+    {
+      std::lock_guard lock(mutex_);
+      if (!alive_) {
+        result->set({-1, -1, "its supervisor process is gone"});
+        return result;
+      }
+      id = next_id_++;
+      spawns_[id] = result;
+    }
+    if (!send_message(control_, {supervisor_op::spawn, slot, id, 0, 0})) {
+      std::lock_guard lock(mutex_);
+      spawns_.erase(id);
+      result->set({-1, -1, "its supervisor process is gone"});
+    }
+    return result;
+  }
+
+  /// The wait status of worker `pid`, set once the supervisor has reaped it.
+  std::shared_ptr<oneshot<int>> exit_of(pid_t pid) {
+    std::lock_guard lock(mutex_);
+    auto& slot = exits_[pid];
+    if (!slot) slot = std::make_shared<oneshot<int>>();
+    if (!alive_) slot->set(unknown_wait_status);
+    return slot;
+  }
+
+  /// Drops what is known or awaited of `pid`'s exit.
+  void forget(pid_t pid) {
+    std::lock_guard lock(mutex_);
+    auto it = exits_.find(pid);
+    const bool reported = it != exits_.end() && it->second->peek();
+    if (it != exits_.end()) exits_.erase(it);
+    if (!reported && alive_) ignored_.insert(pid);
+  }
+
+  /// SIGKILLs worker `pid` if the supervisor has not reaped it yet (so a pid
+  /// reused by an unrelated process is never signalled). Any thread.
+  void kill(pid_t pid) noexcept { send_message(control_, {supervisor_op::kill, 0, 0, pid, 0}); }
+
+  /// SIGKILLs every worker. Any thread.
+  void kill_all() noexcept { send_message(control_, {supervisor_op::kill_all, 0, 0, 0, 0}); }
+
+  /// Tells the supervisor to let its workers exit for up to `grace`, kill the
+  /// rest, and exit; waits for that (bounded: grace + 1 s, then the
+  /// supervisor is killed, which kills its workers). Idempotent; a no-op in a
+  /// process the owner forked.
+  void shutdown(std::chrono::milliseconds grace) noexcept {
+    if (control_ < 0 || ::getpid() != owner_) return;
+    send_message(control_, {supervisor_op::shutdown, 0, 0, 0, static_cast<std::int32_t>(grace.count())});
+    if (!wait_readable(pidfd_, grace + std::chrono::milliseconds(1000))) {
+      signal_pidfd(pidfd_, SIGKILL);
+      wait_readable(pidfd_, std::chrono::milliseconds(5000));
+    }
+    // Reaped through the pidfd: a user's waitpid(-1) or SIGCHLD = SIG_IGN
+    // may have reaped it already (ECHILD), and a recycled pid is never waited for.
+    siginfo_t info;
+    while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_), &info, WEXITED) < 0 &&
+           errno == EINTR) {
+    }
+    ::shutdown(control_, SHUT_RDWR);  // the reader sees EOF
+    if (reader_.joinable()) reader_.join();
+    ::close(control_);
+    ::close(pidfd_);
+    control_ = pidfd_ = -1;
+  }
+
+  /// In a process forked from the owner: lets go of everything without
+  /// touching the owner's supervisor (the reader thread does not exist here).
+  void abandon() noexcept {
+    if (reader_.joinable()) {
+      // Never joined or destroyed: no such thread runs in this process.
+      new std::thread(std::move(reader_));
+    }
+    if (control_ >= 0) ::close(control_);
+    if (pidfd_ >= 0) ::close(pidfd_);
+    control_ = pidfd_ = -1;
+  }
+
+  [[nodiscard]] pid_t pid() const noexcept { return pid_; }
+  [[nodiscard]] pid_t owner() const noexcept { return owner_; }
+
+ private:
+  static bool wait_readable(int fd, std::chrono::milliseconds timeout) noexcept {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      pollfd p{fd, POLLIN, 0};
+      const int r = ::poll(&p, 1, static_cast<int>(std::max<long long>(0, left.count())));
+      if (r > 0) return true;
+      if (r == 0 || errno != EINTR) return false;
+    }
+  }
+
+  void read_reports() noexcept {
+    supervisor_message m;
+    int fd = -1;
+    while (receive_message(control_, m, fd)) {
+      std::shared_ptr<oneshot<spawn_result>> spawn;
+      std::shared_ptr<oneshot<int>> exit;
+      {
+        std::lock_guard lock(mutex_);
+        if (m.op == supervisor_op::spawned || m.op == supervisor_op::spawn_failed) {
+          auto it = spawns_.find(m.id);
+          if (it != spawns_.end()) {
+            spawn = std::move(it->second);
+            spawns_.erase(it);
+          }
+        } else if (m.op == supervisor_op::exited) {
+          if (ignored_.erase(m.pid) == 0) {
+            auto& slot = exits_[m.pid];
+            if (!slot) slot = std::make_shared<oneshot<int>>();
+            exit = slot;
+          }
+        }
+      }
+      if (spawn) {
+        if (m.op == supervisor_op::spawned && fd >= 0)
+          spawn->set({m.pid, std::exchange(fd, -1), {}});
+        else
+          spawn->set({-1, -1, std::string("could not be started: ") + std::strerror(m.arg ? m.arg : EIO)});
+      }
+      if (exit) exit->set(m.arg);
+      if (fd >= 0) ::close(fd);  // a worker no one waits for any more: it exits on EOF
+      fd = -1;
+    }
+    // The supervisor is gone: nothing pending will ever be answered.
+    std::map<std::uint64_t, std::shared_ptr<oneshot<spawn_result>>> spawns;
+    std::map<pid_t, std::shared_ptr<oneshot<int>>> exits;
+    {
+      std::lock_guard lock(mutex_);
+      alive_ = false;
+      spawns.swap(spawns_);
+      exits = exits_;
+    }
+    for (auto& [id, s] : spawns) s->set({-1, -1, "its supervisor process is gone"});
+    for (auto& [pid, e] : exits) e->set(unknown_wait_status);
+  }
+
+  pid_t owner_;
+  pid_t pid_ = -1;
+  int control_ = -1;
+  int pidfd_ = -1;
+  std::thread reader_;
+  std::mutex mutex_;
+  bool alive_ = true;
+  std::uint64_t next_id_ = 1;
+  std::map<std::uint64_t, std::shared_ptr<oneshot<spawn_result>>> spawns_;
+  std::map<pid_t, std::shared_ptr<oneshot<int>>> exits_;
+  std::set<pid_t> ignored_;
+};
+
+}  // namespace coshard::detail
