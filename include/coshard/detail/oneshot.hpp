@@ -26,15 +26,16 @@ class oneshot {
  public:
   /// Stores the value (the first one wins) and wakes the waiter, if any.
   void set(T value) {
-    std::function<void()> wake;
     {
+      // The waker posts (never runs inline); calling it under the lock keeps
+      // it from racing a waiter that unhooks and lets its executor go.
       std::lock_guard lock(mutex_);
       if (value_) return;
       value_ = std::move(value);
-      wake = std::move(waker_);
+      if (waker_) waker_();
+      waker_ = nullptr;
     }
     set_cv_.notify_all();
-    if (wake) wake();
   }
 
   /// Blocks the calling thread until the value is set or `deadline` passes.
@@ -42,6 +43,13 @@ class oneshot {
     std::unique_lock lock(mutex_);
     set_cv_.wait_until(lock, deadline, [&] { return value_.has_value(); });
     return value_;
+  }
+
+  /// Replaces a delivered value by a default one (e.g. once its descriptor
+  /// was closed), so that it is never used twice.
+  void clear() {
+    std::lock_guard lock(mutex_);
+    if (value_) value_ = T{};
   }
 
   [[nodiscard]] std::optional<T> peek() const {

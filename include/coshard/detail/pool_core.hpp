@@ -71,8 +71,10 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   /// tells whether the calling thread runs the job's event loop.
   void claim(std::function<bool()> loop_thread) {
     check_owner();
-    if (workers.closing()) throw pool_error("coshard: this process_pool has been shut down");
+    // Checked under the lock shutdown() closes the pool under: a job is
+    // either refused or seen busy by the shutdown.
     std::lock_guard lock(busy_mutex_);
+    if (workers.closing()) throw pool_error("coshard: this process_pool has been shut down");
     if (busy_)
       throw pool_error("coshard: this process_pool is already running a job; "
                        "wait for it to finish or use a second pool");
@@ -130,8 +132,14 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
       abandon();
       return;
     }
+    // Two threads may shut down at once (a signal handler and a destructor):
+    // the second waits for the first, then finds nothing left to do.
+    std::lock_guard serial(shutdown_mutex_);
     const auto grace = workers.options().shutdown_timeout;
-    workers.close();
+    {
+      std::lock_guard lock(busy_mutex_);
+      workers.close();
+    }
     if (mode == shutdown_mode::forced) workers.kill_all();
     try {
       cancel();
@@ -163,11 +171,13 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
       workers.hang_up_channels();
       workers.supervisor().shutdown(mode_grace);
     }
-    stop_background();
+    stop_background(/*join=*/idle);
   }
 
  private:
-  void stop_background() noexcept {
+  // `join`: false while a job may still run on the background loop (it
+  // holds the core, so the thread is let go instead of waited for).
+  void stop_background(bool join) noexcept {
     std::thread t;
     {
       std::lock_guard lock(background_mutex_);
@@ -176,8 +186,8 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
       t = std::move(background_thread_);
     }
     if (!t.joinable()) return;
-    if (t.get_id() == std::this_thread::get_id())
-      t.detach();  // a handler on the background loop shut the pool down
+    if (!join || t.get_id() == std::this_thread::get_id())
+      t.detach();  // a handler on the background loop shut the pool down, or a job still runs there
     else
       t.join();
   }
@@ -201,6 +211,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
 
  private:
   bool abandoned_ = false;
+  std::mutex shutdown_mutex_;
   std::mutex busy_mutex_;
   std::condition_variable busy_idle_;
   bool busy_ = false;

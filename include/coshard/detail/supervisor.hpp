@@ -13,6 +13,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/prctl.h>
@@ -74,7 +75,7 @@ struct supervisor_message {
   std::int32_t arg = 0;
 };
 
-inline bool send_message(int fd, const supervisor_message& m, int pass_fd = -1) noexcept {
+inline bool send_message(int fd, const supervisor_message& m, int pass_fd = -1, int flags = 0) noexcept {
   iovec iov{const_cast<supervisor_message*>(&m), sizeof m};
   msghdr msg{};
   msg.msg_iov = &iov;
@@ -91,7 +92,7 @@ inline bool send_message(int fd, const supervisor_message& m, int pass_fd = -1) 
     std::memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
   }
   for (;;) {
-    if (::sendmsg(fd, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof m)) return true;
+    if (::sendmsg(fd, &msg, MSG_NOSIGNAL | flags) == static_cast<ssize_t>(sizeof m)) return true;
     if (errno != EINTR) return false;
   }
 }
@@ -148,11 +149,12 @@ class supervisor_process {
     owner_pidfd_ = open_pidfd(owner_);
     if (owner_pidfd_ < 0 || ::getppid() != owner_) ::_exit(0);
     close_descriptors_except({control_, owner_pidfd_});
+    // A terminal's Ctrl-C goes to the owner alone: it decides whether the
+    // pool shuts down, and its death takes the workers down anyway. (Signals
+    // are still blocked from the fork until the reset.)
+    ::setpgid(0, 0);
     reset_signal_handling();
     ::prctl(PR_SET_NAME, "coshard-sup");
-    // A terminal's Ctrl-C goes to the owner alone: it decides whether the
-    // pool shuts down, and its death takes the workers down anyway.
-    ::setpgid(0, 0);
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
@@ -317,21 +319,36 @@ class supervisor_link {
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
       throw pool_error(std::string("coshard: socketpair for the supervisor failed: ") + std::strerror(errno));
     flush_standard_streams();
+    // Signals stay blocked across the fork: until the child has reset the
+    // owner's handlers, one of them (a signal_set writing to the owner's
+    // self-pipe) must not run in it.
+    sigset_t all, old;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
     const pid_t pid = ::fork();
-    if (pid < 0) {
-      const int err = errno;
-      ::close(sv[0]);
-      ::close(sv[1]);
-      throw pool_error(std::string("coshard: fork of the supervisor failed: ") + std::strerror(err));
-    }
     if (pid == 0) {
       ::close(sv[0]);
       supervisor_process(sv[1], owner_, settings).run();
+    }
+    const int fork_errno = errno;
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (pid < 0) {
+      ::close(sv[0]);
+      ::close(sv[1]);
+      throw pool_error(std::string("coshard: fork of the supervisor failed: ") + std::strerror(fork_errno));
     }
     ::close(sv[1]);
     control_ = sv[0];
     pid_ = pid;
     pidfd_ = open_pidfd(pid);  // it cannot have exited: it waits for us
+    if (pidfd_ < 0) {
+      const int err = errno;
+      ::close(control_);  // the supervisor sees EOF and exits
+      int status;
+      ::waitpid(pid, &status, 0);
+      throw pool_error(std::string("coshard: pidfd_open failed (Linux 5.3 or later is needed): ") +
+                       std::strerror(err));
+    }
     reader_ = std::thread([this] { read_reports(); });
   }
 
@@ -353,7 +370,7 @@ class supervisor_link {
       id = next_id_++;
       spawns_[id] = result;
     }
-    if (!send_message(control_, {supervisor_op::spawn, slot, id, 0, 0})) {
+    if (!request({supervisor_op::spawn, slot, id, 0, 0})) {
       std::lock_guard lock(mutex_);
       spawns_.erase(id);
       result->set({-1, -1, "its supervisor process is gone"});
@@ -381,10 +398,10 @@ class supervisor_link {
 
   /// SIGKILLs worker `pid` if the supervisor has not reaped it yet (so a pid
   /// reused by an unrelated process is never signalled). Any thread.
-  void kill(pid_t pid) noexcept { send_message(control_, {supervisor_op::kill, 0, 0, pid, 0}); }
+  void kill(pid_t pid) noexcept { request({supervisor_op::kill, 0, 0, pid, 0}); }
 
   /// SIGKILLs every worker. Any thread.
-  void kill_all() noexcept { send_message(control_, {supervisor_op::kill_all, 0, 0, 0, 0}); }
+  void kill_all() noexcept { request({supervisor_op::kill_all, 0, 0, 0, 0}); }
 
   /// Tells the supervisor to let its workers exit for up to `grace`, kill the
   /// rest, and exit; waits for that (bounded: grace + 1 s, then the
@@ -392,7 +409,7 @@ class supervisor_link {
   /// process the owner forked.
   void shutdown(std::chrono::milliseconds grace) noexcept {
     if (control_ < 0 || ::getpid() != owner_) return;
-    send_message(control_, {supervisor_op::shutdown, 0, 0, 0, static_cast<std::int32_t>(grace.count())});
+    request({supervisor_op::shutdown, 0, 0, 0, static_cast<std::int32_t>(grace.count())});
     if (!wait_readable(pidfd_, grace + std::chrono::milliseconds(1000))) {
       signal_pidfd(pidfd_, SIGKILL);
       wait_readable(pidfd_, std::chrono::milliseconds(5000));
@@ -400,7 +417,7 @@ class supervisor_link {
     // Reaped through the pidfd: a user's waitpid(-1) or SIGCHLD = SIG_IGN
     // may have reaped it already (ECHILD), and a recycled pid is never waited for.
     siginfo_t info;
-    while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_), &info, WEXITED) < 0 &&
+    while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_), &info, WEXITED | WNOHANG) < 0 &&
            errno == EINTR) {
     }
     ::shutdown(control_, SHUT_RDWR);  // the reader sees EOF
@@ -426,6 +443,11 @@ class supervisor_link {
   [[nodiscard]] pid_t owner() const noexcept { return owner_; }
 
  private:
+  // Never blocks: a supervisor that stopped reading (stopped, or wedged)
+  // must not hang a job's executor or a shutdown; its death is handled by
+  // the bounded waits instead.
+  bool request(const supervisor_message& m) noexcept { return send_message(control_, m, -1, MSG_DONTWAIT); }
+
   static bool wait_readable(int fd, std::chrono::milliseconds timeout) noexcept {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {

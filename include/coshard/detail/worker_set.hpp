@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <thread>
@@ -145,6 +146,7 @@ class worker_set {
   /// see EOF and the workers see EOF (and exit) even if a process the owner
   /// forked holds copies of the descriptors.
   void hang_up_channels() noexcept {
+    std::lock_guard lock(fd_mutex_);
     for (auto& s : slots_)
       if (s.fd >= 0) ::shutdown(s.fd, SHUT_RDWR);
   }
@@ -160,8 +162,9 @@ class worker_set {
   void shutdown(std::chrono::milliseconds grace) noexcept {
     closing_.store(true);
     close_channels();
+    close_started();  // a worker started and not yet taken must see EOF too
     link_.shutdown(grace);
-    close_started();
+    close_started();  // those that arrived meanwhile
   }
 
   /// In a process forked from the owner: lets go of every descriptor and
@@ -173,6 +176,13 @@ class worker_set {
       if (s.fd >= 0) ::close(s.fd);
       s.fd = -1;
     }
+    // Copies of channels of workers still starting (the reader thread that
+    // would deliver more does not run here).
+    for (auto& s : slots_) orphans_.push_back(std::move(s.starting));
+    for (auto& started : orphans_)
+      if (started)
+        if (auto r = started->peek(); r && r->fd >= 0) ::close(r->fd);
+    orphans_.clear();
     link_.abandon();
   }
 
@@ -187,11 +197,14 @@ class worker_set {
   /// its exit is of no more interest. Also drops a start under way.
   void drop_worker(worker_slot& s) noexcept {
     s.release_socket();
-    if (s.fd >= 0) {
-      ::shutdown(s.fd, SHUT_RDWR);
-      ::close(s.fd);
+    {
+      std::lock_guard lock(fd_mutex_);  // hang_up_channels may run on another thread
+      if (s.fd >= 0) {
+        ::shutdown(s.fd, SHUT_RDWR);
+        ::close(s.fd);
+      }
+      s.fd = -1;
     }
-    s.fd = -1;
     if (const pid_t pid = s.pid.exchange(-1); pid > 0) link_.forget(pid);
     s.ready = false;
   }
@@ -208,52 +221,63 @@ class worker_set {
     for (int attempt = 1; !(s.live() && s.ready); ++attempt) {
       if (closing()) throw pool_error("coshard: the pool was shut down");
       if (!s.live() && !s.starting) request_start(s);
-      bool interrupted = false;
+      auto interrupted = std::make_shared<bool>(false);  // read after a wait the job cut short
       auto timer = std::make_shared<asio::steady_timer>(ex, s.start_deadline);
       if (s.starting) {
-        interrupt = [timer, &interrupted] {
-          interrupted = true;
+        interrupt = [timer, interrupted] {
+          *interrupted = true;
           timer->cancel();
         };
         auto got = co_await s.starting->wait(timer);
         interrupt = nullptr;
         if (!got) {
-          if (interrupted) co_return false;
+          if (*interrupted) co_return false;
           orphans_.push_back(std::move(s.starting));  // its descriptor, if one comes, is closed at shutdown
           throw pool_error("coshard: the supervisor did not start a worker within startup_timeout (" +
                            std::to_string(opts_.startup_timeout.count()) + " ms)");
         }
         take_started(s, std::move(*got));
       }
-      // The ready frame: the worker's initializers ran (or failed).
+      // The ready frame: the worker's initializers ran (or failed). The
+      // timeout handler may run after this scope (its expiry can be queued
+      // when the read completes), so what it touches is shared, and a fresh
+      // timer keeps a stale cancel from the first wait away.
       std::string failure;
       bool died = false;
       {
-        asio::local::stream_protocol::socket sock(ex);
-        sock.assign(asio::local::stream_protocol(), s.fd);
-        bool timed_out = false;
-        timer->expires_at(s.start_deadline);
-        timer->async_wait([&](const asio::error_code& ec) {
-          if (ec) return;
-          timed_out = true;
+        struct read_state {
+          explicit read_state(const asio::any_io_executor& ex) : sock(ex) {}
+          asio::local::stream_protocol::socket sock;
+          bool timed_out = false;
+          ~read_state() {
+            asio::error_code ignored;
+            if (sock.is_open()) sock.release(ignored);  // the slot keeps owning the fd
+          }
+        };
+        auto st = std::make_shared<read_state>(ex);
+        st->sock.assign(asio::local::stream_protocol(), s.fd);
+        asio::steady_timer deadline(ex, s.start_deadline);
+        deadline.async_wait([st](const asio::error_code& ec) {
+          if (ec || !st->sock.is_open()) return;
+          st->timed_out = true;
           asio::error_code ignored;
-          sock.cancel(ignored);
+          st->sock.cancel(ignored);
         });
-        interrupt = [&] {
-          interrupted = true;
+        interrupt = [st, interrupted] {
+          *interrupted = true;
           asio::error_code ignored;
-          sock.cancel(ignored);
+          st->sock.cancel(ignored);
         };
         try {
           frame_header h;
-          const auto payload = co_await s.reader->read(sock, h);
+          const auto payload = co_await s.reader->read(st->sock, h);
           failure = ready_failure(h, payload);
         } catch (const serialization_error& e) {
           failure = e.what();
         } catch (const std::system_error& e) {
-          if (interrupted) {
+          if (*interrupted) {
             failure.clear();
-          } else if (timed_out) {
+          } else if (st->timed_out) {
             failure = "did not start within startup_timeout (" + std::to_string(opts_.startup_timeout.count()) +
                       " ms)";
           } else {
@@ -261,11 +285,11 @@ class worker_set {
           }
         }
         interrupt = nullptr;
-        timer->cancel();
+        deadline.cancel();
         asio::error_code ignored;
-        sock.release(ignored);
+        st->sock.release(ignored);
       }
-      if (interrupted) co_return false;
+      if (*interrupted) co_return false;
       if (failure.empty() && !died) {
         s.ready = true;
         co_return true;
@@ -299,7 +323,6 @@ class worker_set {
       timer->expires_after(std::chrono::seconds(5));
       status = co_await exit->wait(timer);
     }
-    link_.forget(pid);
     co_return status.value_or(unknown_wait_status);
   }
 
@@ -313,7 +336,10 @@ class worker_set {
   void take_started(worker_slot& s, spawn_result r) {
     s.starting.reset();
     if (r.fd < 0) throw pool_error("coshard: a worker " + r.error);
-    s.fd = r.fd;
+    {
+      std::lock_guard lock(fd_mutex_);
+      s.fd = r.fd;
+    }
     s.pid = r.pid;
     s.ready = false;
     s.reader = std::make_unique<frame_reader>(opts_.max_frame_bytes);
@@ -374,11 +400,16 @@ class worker_set {
   // After the supervisor is gone: descriptors of workers it started that no
   // slot took.
   void close_started() noexcept {
-    for (auto& s : slots_) orphans_.push_back(std::move(s.starting));
-    for (auto& started : orphans_)
-      if (started)
-        if (auto r = started->peek(); r && r->fd >= 0) ::close(r->fd);
-    orphans_.clear();
+    std::vector<std::shared_ptr<oneshot<spawn_result>>> pending;
+    for (auto& s : slots_)
+      if (s.starting) pending.push_back(s.starting);
+    for (auto& started : orphans_) pending.push_back(started);
+    for (auto& started : pending)
+      if (auto r = started->peek(); r && r->fd >= 0) {
+        ::shutdown(r->fd, SHUT_RDWR);
+        ::close(r->fd);
+        started->clear();
+      }
   }
 
   static constexpr int max_start_attempts = 5;
@@ -389,6 +420,7 @@ class worker_set {
   supervisor_link link_;
   std::vector<std::shared_ptr<oneshot<spawn_result>>> orphans_;  // starts given up on
   std::atomic<bool> closing_{false};
+  std::mutex fd_mutex_;
 };
 
 }  // namespace coshard::detail
