@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <initializer_list>
 #include <iostream>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 namespace coshard::detail {
@@ -51,6 +53,16 @@ inline void flush_standard_streams() {
   std::cout.flush();
   std::cerr.flush();
   std::fflush(nullptr);
+}
+
+/// In a process forked from the owner: a copied std::thread whose thread does
+/// not run here may be neither joined nor destroyed; it is kept, reachable
+/// (so leak checkers stay quiet), until the process exits.
+inline void keep_thread_forever(std::thread&& t) {
+  static std::mutex m;
+  static auto* kept = new std::vector<std::thread>;
+  std::lock_guard lock(m);
+  kept->push_back(std::move(t));
 }
 
 }  // namespace coshard::detail

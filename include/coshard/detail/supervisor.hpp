@@ -432,7 +432,7 @@ class supervisor_link {
   void abandon() noexcept {
     if (reader_.joinable()) {
       // Never joined or destroyed: no such thread runs in this process.
-      new std::thread(std::move(reader_));
+      keep_thread_forever(std::move(reader_));
     }
     if (control_ >= 0) ::close(control_);
     if (pidfd_ >= 0) ::close(pidfd_);
