@@ -595,35 +595,5 @@ TEST_CASE("graceful shutdown escalates when a plain function never returns") {
   CHECK(child_pids().empty());
 }
 
-TEST_CASE("workers die with their parent, even when it is SIGKILLed") {
-  int report[2];
-  REQUIRE(::pipe(report) == 0);
-  const pid_t parent = ::fork();
-  REQUIRE(parent >= 0);
-  if (parent == 0) {
-    ::close(report[0]);
-    coshard::process_pool pool{{.workers = 3}};
-    auto pids = pool.worker_pids();
-    (void)!::write(report[1], pids.data(), pids.size() * sizeof(pid_t));
-    ::pause();  // until SIGKILLed
-    ::_exit(0);
-  }
-  ::close(report[1]);
-  std::vector<pid_t> workers(3);
-  REQUIRE(::read(report[0], workers.data(), workers.size() * sizeof(pid_t)) ==
-          static_cast<ssize_t>(workers.size() * sizeof(pid_t)));
-  ::close(report[0]);
-  ::kill(parent, SIGKILL);
-  ::waitpid(parent, nullptr, 0);
-  auto alive = [](pid_t pid) {
-    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-    std::string line;
-    if (!std::getline(stat, line)) return false;
-    return line.substr(line.rfind(')') + 2, 1) != "Z";  // a zombie is dead
-  };
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (std::chrono::steady_clock::now() < deadline &&
-         std::any_of(workers.begin(), workers.end(), alive))
-    std::this_thread::sleep_for(10ms);
-  for (pid_t w : workers) CHECK_FALSE(alive(w));
-}
+// Parent death: tests/test_supervision.cpp ("the supervisor and workers exit soon
+// after the owner dies"), for pools built in main and in a thread that ended.

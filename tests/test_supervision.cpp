@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -49,10 +50,10 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// The targets of this process's fds in a worker, e.g. "pipe:[1234]".
-std::set<std::string> fd_targets() {
+// The targets of a process's fds (this one's by default), e.g. "pipe:[1234]".
+std::set<std::string> fd_targets(const std::string& pid = "self") {
   std::set<std::string> out;
-  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+  for (const auto& e : std::filesystem::directory_iterator("/proc/" + pid + "/fd")) {
     std::error_code ec;
     const auto target = std::filesystem::read_symlink(e.path(), ec);
     if (!ec) out.insert(target.string());
@@ -139,6 +140,15 @@ TEST_CASE("workers hold no descriptor of the caller's but their channel and stdi
       auto t = fd_targets();
       return std::vector<std::string>(t.begin(), t.end());
     });
+    // The supervisor keeps stdio, its control socket, the owner's pidfd and
+    // its signalfd: nothing of the caller's, and one socket.
+    const auto sup = fd_targets(std::to_string(pool.supervisor_pid()));
+    for (const auto& t : sup) {
+      INFO("supervisor: " << t);
+      CHECK(mine.count(t) == 0);
+    }
+    CHECK(std::count_if(sup.begin(), sup.end(), [](const std::string& t) { return t.rfind("socket:", 0) == 0; }) == 1);
+    CHECK(sup.size() <= 6);
     for (const auto& targets : seen) {
       for (const auto& t : targets) {
         INFO(t);

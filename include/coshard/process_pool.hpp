@@ -85,16 +85,6 @@ struct is_io_executor
 template <class E>
 struct is_io_executor<asio::strand<E>> : is_io_executor<E> {};
 
-/// Keeps `core` alive until the process exits, reachable (so that leak
-/// checkers do not report it): in a process forked from the pool's owner
-/// nothing of the copy may be torn down.
-inline void keep_forever(std::shared_ptr<pool_core> core) {
-  static std::mutex m;
-  static auto* kept = new std::vector<std::shared_ptr<pool_core>>;
-  std::lock_guard lock(m);
-  kept->push_back(std::move(core));
-}
-
 template <class Range>
 using input_of = std::ranges::range_value_t<Range>;
 template <class Source>
@@ -132,7 +122,7 @@ class process_pool {
   /// exit) it only lets go of its copies: the owner's workers are untouched.
   ~process_pool() {
     core_->shutdown(shutdown_mode::graceful);
-    if (::getpid() != owner_) detail::keep_forever(std::move(core_));
+    if (::getpid() != owner_) detail::keep_until_exit(std::move(core_));
   }
 
   /// Shuts the pool down; callable from any thread, also while a job runs

@@ -55,14 +55,17 @@ inline void flush_standard_streams() {
   std::fflush(nullptr);
 }
 
-/// In a process forked from the owner: a copied std::thread whose thread does
-/// not run here may be neither joined nor destroyed; it is kept, reachable
-/// (so leak checkers stay quiet), until the process exits.
-inline void keep_thread_forever(std::thread&& t) {
+/// In a process forked from a pool's owner: `object` is part of the owner's
+/// copy and must not be torn down here (a std::thread whose thread does not
+/// run here, a socket registered with the owner's epoll set, the pool's
+/// state). It is kept reachable, so leak checkers stay quiet, and never
+/// destroyed, not even by static destructors at exit().
+template <class T>
+void keep_until_exit(T&& object) {
   static std::mutex m;
-  static auto* kept = new std::vector<std::thread>;
+  static auto* kept = new std::vector<std::decay_t<T>>;
   std::lock_guard lock(m);
-  kept->push_back(std::move(t));
+  kept->push_back(std::forward<T>(object));
 }
 
 }  // namespace coshard::detail

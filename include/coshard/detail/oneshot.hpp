@@ -10,8 +10,6 @@
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
-#include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -35,14 +33,6 @@ class oneshot {
       if (waker_) waker_();
       waker_ = nullptr;
     }
-    set_cv_.notify_all();
-  }
-
-  /// Blocks the calling thread until the value is set or `deadline` passes.
-  std::optional<T> wait_until(std::chrono::steady_clock::time_point deadline) {
-    std::unique_lock lock(mutex_);
-    set_cv_.wait_until(lock, deadline, [&] { return value_.has_value(); });
-    return value_;
   }
 
   /// Replaces a delivered value by a default one (e.g. once its descriptor
@@ -82,7 +72,6 @@ class oneshot {
 
  private:
   mutable std::mutex mutex_;
-  std::condition_variable set_cv_;
   std::optional<T> value_;
   std::function<void()> waker_;
 };

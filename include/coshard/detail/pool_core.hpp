@@ -198,7 +198,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     if (abandoned_) return;
     abandoned_ = true;
     workers.abandon();
-    if (background_thread_.joinable()) keep_thread_forever(std::move(background_thread_));
+    if (background_thread_.joinable()) keep_until_exit(std::move(background_thread_));
   }
 
   pid_t owner_;

@@ -432,7 +432,7 @@ class supervisor_link {
   void abandon() noexcept {
     if (reader_.joinable()) {
       // Never joined or destroyed: no such thread runs in this process.
-      keep_thread_forever(std::move(reader_));
+      keep_until_exit(std::move(reader_));
     }
     if (control_ >= 0) ::close(control_);
     if (pidfd_ >= 0) ::close(pidfd_);
@@ -440,7 +440,6 @@ class supervisor_link {
   }
 
   [[nodiscard]] pid_t pid() const noexcept { return pid_; }
-  [[nodiscard]] pid_t owner() const noexcept { return owner_; }
 
  private:
   // Never blocks: a supervisor that stopped reading (stopped, or wedged)

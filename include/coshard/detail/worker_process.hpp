@@ -138,9 +138,12 @@ class worker_process final : public worker_context {
             if (settings_.status)
               settings_.status->timed_out_index.store(exact ? watch_.index.load(std::memory_order_relaxed)
                                                             : worker_status::none);
-            std::fprintf(stderr, "coshard worker %d: input index %llu exceeded item_timeout; exiting\n",
-                         static_cast<int>(::getpid()),
-                         static_cast<unsigned long long>(watch_.index.load()));
+            if (exact)
+              std::fprintf(stderr, "coshard worker %d: input index %llu exceeded item_timeout; exiting\n",
+                           static_cast<int>(::getpid()), static_cast<unsigned long long>(watch_.index.load()));
+            else
+              std::fprintf(stderr, "coshard worker %d: its loop stayed blocked past item_timeout; exiting\n",
+                           static_cast<int>(::getpid()));
             ::_exit(timeout_exit_code);
           }
           wake_at = deadline + grace;

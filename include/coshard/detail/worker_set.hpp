@@ -2,7 +2,6 @@
 // one slot per worker, started through the pool's supervisor.
 #pragma once
 
-#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -18,6 +17,7 @@
 
 #include "coshard/detail/asio_config.hpp"
 
+#include <asio/co_spawn.hpp>
 #include <asio/io_context.hpp>
 #include <asio/local/stream_protocol.hpp>
 #include <asio/steady_timer.hpp>
@@ -114,9 +114,7 @@ class worker_set {
         link_(settings_) {
     for (std::size_t i = 0; i < slots_.size(); ++i) slots_[i].status = pages_.at(i);
     try {
-      // All are asked for first so that their initializers run in parallel.
-      for (auto& s : slots_) request_start(s);
-      for (auto& s : slots_) await_start_blocking(s);
+      bring_up_all_blocking();
     } catch (...) {
       link_.kill_all();
       close_channels();
@@ -172,7 +170,7 @@ class worker_set {
   void abandon() noexcept {
     closing_.store(true);
     for (auto& s : slots_) {
-      if (s.socket) (void)s.socket.release();  // its reactor is the owner's epoll set too
+      if (s.socket) keep_until_exit(std::move(s.socket));  // its reactor is the owner's epoll set too
       if (s.fd >= 0) ::close(s.fd);
       s.fd = -1;
     }
@@ -354,47 +352,23 @@ class worker_set {
     return "could not start: its initializer threw " + decode<std::string>(payload);
   }
 
-  // The constructor's wait for one worker, blocking (nothing else runs yet).
-  void await_start_blocking(worker_slot& s) {
-    auto got = s.starting->wait_until(s.start_deadline);
-    if (!got)
-      throw pool_error("coshard: the supervisor did not start a worker within startup_timeout (" +
-                       std::to_string(opts_.startup_timeout.count()) + " ms)");
-    take_started(s, std::move(*got));
-    const pid_t pid = s.pid;
-    auto fail = [&](const std::string& why) {
-      link_.kill(pid);
-      throw pool_error("coshard: worker pid " + std::to_string(pid) + " " + why);
-    };
-    std::vector<std::byte> buf;
-    auto read_exact = [&](void* dst, std::size_t n) {
-      auto* p = static_cast<char*>(dst);
-      while (n > 0) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-            s.start_deadline - std::chrono::steady_clock::now());
-        pollfd pfd{s.fd, POLLIN, 0};
-        const int r = ::poll(&pfd, 1, static_cast<int>(std::max<long long>(0, left.count())));
-        if (r < 0 && errno == EINTR) continue;
-        if (r == 0)
-          fail("did not start within startup_timeout (" + std::to_string(opts_.startup_timeout.count()) +
-               " ms)");
-        const ssize_t got_bytes = ::read(s.fd, p, n);
-        if (got_bytes < 0 && errno == EINTR) continue;
-        if (got_bytes <= 0) {
-          const auto status = link_.exit_of(pid)->wait_until(std::chrono::steady_clock::now() + std::chrono::seconds(2));
-          fail("exited during startup (" + describe_wait_status(status.value_or(unknown_wait_status)) + ")");
-        }
-        p += got_bytes;
-        n -= static_cast<std::size_t>(got_bytes);
-      }
-    };
-    frame_header h;
-    read_exact(&h, sizeof h);
-    if (h.magic != frame_magic || h.payload_size > (1u << 20)) fail("sent a malformed ready frame");
-    buf.resize(h.payload_size);
-    if (!buf.empty()) read_exact(buf.data(), buf.size());
-    if (auto why = ready_failure(h, buf); !why.empty()) fail(why);
-    s.ready = true;
+  // The constructor's wait: every slot is brought up by the same path as a
+  // replacement, on a loop of its own (nothing else runs yet), all at once so
+  // that their initializers run in parallel. The first failure cuts the
+  // other waits short.
+  void bring_up_all_blocking() {
+    asio::io_context io{1};
+    std::exception_ptr first_failure;
+    std::vector<std::function<void()>> interrupts(slots_.size());
+    for (std::size_t i = 0; i < slots_.size(); ++i)
+      asio::co_spawn(io, bring_up(slots_[i], interrupts[i]), [&](std::exception_ptr e, bool) {
+        if (!e || first_failure) return;
+        first_failure = e;
+        for (auto& interrupt : interrupts)
+          if (interrupt) interrupt();
+      });
+    io.run();
+    if (first_failure) std::rethrow_exception(first_failure);
   }
 
   // After the supervisor is gone: descriptors of workers it started that no
