@@ -108,6 +108,14 @@ TEST_CASE("empty input and a single item") {
   });
 }
 
+TEST_CASE("bool results land in a std::vector<bool>, which has no data() to copy into") {
+  with_pool({.workers = 2}, [](coshard::process_pool& pool) {
+    const auto even = pool.map(iota_vector(3000), [](long x) { return x % 2 == 0; });
+    REQUIRE(even.size() == 3000);
+    for (std::size_t i = 0; i < even.size(); ++i) REQUIRE(even[i] == (i % 2 == 0));
+  });
+}
+
 TEST_CASE("a million small items match the sequential result") {
   with_pool({.workers = 2}, [](coshard::process_pool& pool) {
     auto in = iota_vector(1'000'000);

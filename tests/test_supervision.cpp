@@ -37,6 +37,7 @@ using namespace std::chrono_literals;
 using coshard_test::alive;
 using coshard_test::child_pids;
 using coshard_test::descendants;
+using coshard_test::fd_targets;
 
 namespace {
 
@@ -48,17 +49,6 @@ std::vector<long> iota_vector(long n) {
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// The targets of a process's fds (this one's by default), e.g. "pipe:[1234]".
-std::set<std::string> fd_targets(const std::string& pid = "self") {
-  std::set<std::string> out;
-  for (const auto& e : std::filesystem::directory_iterator("/proc/" + pid + "/fd")) {
-    std::error_code ec;
-    const auto target = std::filesystem::read_symlink(e.path(), ec);
-    if (!ec) out.insert(target.string());
-  }
-  return out;
 }
 
 std::string fd_target(int fd) {
@@ -245,6 +235,42 @@ TEST_CASE("the supervisor and workers exit soon after the owner dies, even by SI
   while (seconds_since(t0) < 10 && std::any_of(pids.begin(), pids.end(), alive)) std::this_thread::sleep_for(2ms);
   WARN("all gone " << seconds_since(t0) << " s after the owner's death");
   for (pid_t p : pids) CHECK_FALSE(alive(p));
+}
+
+namespace {
+// Context switches so far of every thread of process `pid` but `except_tid`.
+long context_switches(pid_t pid, pid_t except_tid = 0) {
+  long total = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
+    if (std::stoi(task.path().filename().string()) == except_tid) continue;
+    std::ifstream status(task.path() / "status");
+    std::string line;
+    while (std::getline(status, line))
+      if (line.rfind("voluntary_ctxt_switches:", 0) == 0 || line.rfind("nonvoluntary_ctxt_switches:", 0) == 0)
+        total += std::stol(line.substr(line.find(':') + 1));
+  }
+  return total;
+}
+}  // namespace
+
+TEST_CASE("an idle pool sleeps: no process or thread of it wakes on a timer") {
+  // item_timeout starts every worker's watchdog thread; the items make sure
+  // it has seen work. A 5 ms watchdog tick or a 1 ms waitpid loop would show
+  // as hundreds of switches in the second below.
+  coshard::process_pool pool{{.workers = 2, .item_timeout = 10s}};
+  CHECK(pool.map(iota_vector(1000), [](long x) { return x; }).size() == 1000);
+  std::vector<pid_t> pids = pool.worker_pids();
+  pids.push_back(pool.supervisor_pid());
+  auto total = [&] {
+    long n = context_switches(::getpid(), ::getpid());  // the pool's threads in this process
+    for (pid_t p : pids) n += context_switches(p);
+    return n;
+  };
+  const long before = total();
+  std::this_thread::sleep_for(1s);
+  const long woke = total() - before;
+  WARN("context switches of an idle pool (owner's threads, supervisor, 2 workers) in 1 s: " << woke);
+  CHECK(woke < 20);
 }
 
 TEST_CASE("a process forked from the owner leaves the owner's pool alone") {

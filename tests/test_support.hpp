@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
+#include <set>
 #include <thread>
 #include <sstream>
 #include <string>
@@ -97,6 +99,17 @@ inline bool alive(pid_t pid) {
   std::string line;
   if (!std::getline(stat, line)) return false;
   return line.substr(line.rfind(')') + 2, 1) != "Z";
+}
+
+/// The targets of a process's fds (this one's by default), e.g. "pipe:[1234]".
+inline std::set<std::string> fd_targets(const std::string& pid = "self") {
+  std::set<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/" + pid + "/fd")) {
+    std::error_code ec;
+    const auto target = std::filesystem::read_symlink(e.path(), ec);
+    if (!ec) out.insert(target.string());
+  }
+  return out;
 }
 
 /// Number of open file descriptors of this process.

@@ -7,3 +7,5 @@
 #include "coshard/pool_options.hpp"
 #include "coshard/process_pool.hpp"
 #include "coshard/serialization.hpp"
+#include "coshard/serve_if_worker.hpp"
+#include "coshard/shippable_function.hpp"

@@ -12,8 +12,23 @@
 #include <string>
 
 #include "coshard/errors.hpp"
+#include "coshard/shippable_function.hpp"
 
 namespace coshard {
+
+/// How a pool starts its supervisor, which forks every worker.
+enum class start_method {
+  /// Fork the constructing process. Cheap and needs nothing from main; the
+  /// supervisor is a copy of the caller at that moment (its memory, not its
+  /// other threads).
+  fork_server,
+  /// Re-run the program's own binary (/proc/self/exe) as the supervisor, so
+  /// nothing of the caller's state is copied: for programs whose threads or
+  /// libraries (OpenMP, CUDA, some TLS libraries) do not survive a fork. main
+  /// must call coshard::serve_if_worker(argc, argv) first, and initializers
+  /// must be sendable (see shippable_function).
+  exec,
+};
 
 /// Options of a process_pool, meant for designated initializers:
 /// `coshard::process_pool pool{{.workers = 4, .concurrency = 128}};`
@@ -50,9 +65,12 @@ struct pool_options {
   /// work, e.g. to open connections into globals the tasks use. If it throws,
   /// the pool constructor (or the job that needed a replacement) fails with
   /// pool_error naming the exception.
-  std::function<void()> initializer{};
+  /// With start_method::exec it is sent to the re-executed program, so it
+  /// must be an empty or trivially copyable lambda or function object; the
+  /// constructor refuses another one with pool_error saying why.
+  shippable_function<void()> initializer{};
   /// As `initializer`, as a coroutine on the worker's io_context; runs after it.
-  std::function<asio::awaitable<void>()> async_initializer{};
+  shippable_function<asio::awaitable<void>()> async_initializer{};
   /// How long a starting worker may take (its initializers included).
   std::chrono::milliseconds startup_timeout{30'000};
   /// A worker that has run this many items is replaced once its held batches
@@ -61,6 +79,8 @@ struct pool_options {
   /// A worker whose resident memory exceeds this after a batch is replaced
   /// once its held batches are answered (0: no cap).
   std::size_t max_worker_rss_bytes = 0;
+  /// How the supervisor (and so every worker) is started; see start_method.
+  start_method start = start_method::fork_server;
 };
 
 /// How process_pool::shutdown treats a running job.
@@ -102,6 +122,15 @@ inline void validate_options(const pool_options& o) {
   wait(o.startup_timeout, "startup_timeout");
   if (o.target_batch_time.count() <= 0) fail("target_batch_time must be positive");
   if (o.target_batch_time > std::chrono::hours(1)) fail("target_batch_time must be at most an hour");
+  if (o.start != start_method::fork_server && o.start != start_method::exec) fail("start is not a start_method");
+  if (o.start == start_method::exec) {
+    if (o.initializer && !o.initializer.sendable())
+      fail("initializer cannot be sent to workers started with start_method::exec: " +
+           o.initializer.why_not_sendable());
+    if (o.async_initializer && !o.async_initializer.sendable())
+      fail("async_initializer cannot be sent to workers started with start_method::exec: " +
+           o.async_initializer.why_not_sendable());
+  }
 }
 
 }  // namespace detail

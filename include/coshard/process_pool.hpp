@@ -33,6 +33,7 @@
 #include "coshard/outcome.hpp"
 #include "coshard/pool_options.hpp"
 #include "coshard/serialization.hpp"
+#include "coshard/serve_if_worker.hpp"
 
 namespace coshard {
 

@@ -53,12 +53,13 @@ class ordered_collector {
     // Fresh pages of a large result vector are faulted in one by one as
     // results land; huge pages cut that by 512x where the kernel allows it.
     const std::size_t bytes = n * sizeof(R);
-    if (bytes >= (std::size_t{8} << 20)) {
-      const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-      const auto begin = (reinterpret_cast<std::uintptr_t>(out_.data()) + page - 1) & ~(page - 1);
-      const auto end = reinterpret_cast<std::uintptr_t>(out_.data()) + bytes;
-      if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-    }
+    if constexpr (!std::is_same_v<R, bool>)  // std::vector<bool> has no data()
+      if (bytes >= (std::size_t{8} << 20)) {
+        const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+        const auto begin = (reinterpret_cast<std::uintptr_t>(out_.data()) + page - 1) & ~(page - 1);
+        const auto end = reinterpret_cast<std::uintptr_t>(out_.data()) + bytes;
+        if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+      }
   }
 
   void on_result(const frame_header& h, std::span<const std::byte> payload, pid_t) {

@@ -9,11 +9,16 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <span>
+#include <string>
 #include <string_view>
 #include <unordered_map>
+
+#include "coshard/errors.hpp"
 
 namespace coshard::detail {
 
@@ -44,13 +49,17 @@ constexpr std::uint64_t type_hash() noexcept {
   return fnv1a(__PRETTY_FUNCTION__);
 }
 
-class entry_registry {
+/// A table from id to a function of type `Fn` (a function pointer type):
+/// one per kind of thing a worker may be asked to run (job runners, shipped
+/// initializers).
+template <class Fn>
+class registry {
  public:
   /// Registers `factory` under the hash of its type's name. Two lambdas can
   /// print the same name (g++ does not number them), so a clash moves the
   /// later one to the next free id; registration order is fixed per binary,
   /// so every process computes the same ids.
-  static std::uint64_t add(std::uint64_t name_hash, runner_factory factory) {
+  static std::uint64_t add(std::uint64_t name_hash, Fn factory) {
     std::lock_guard lock(mutex());
     auto& t = table();
     std::uint64_t id = name_hash;
@@ -61,16 +70,16 @@ class entry_registry {
     }
   }
 
-  /// The factory registered under `id`, or nullptr.
-  static runner_factory find(std::uint64_t id) {
+  /// The function registered under `id`, or nullptr.
+  static Fn find(std::uint64_t id) {
     std::lock_guard lock(mutex());
     auto it = table().find(id);
     return it == table().end() ? nullptr : it->second;
   }
 
  private:
-  static std::unordered_map<std::uint64_t, runner_factory>& table() {
-    static std::unordered_map<std::uint64_t, runner_factory> t;
+  static std::unordered_map<std::uint64_t, Fn>& table() {
+    static std::unordered_map<std::uint64_t, Fn> t;
     return t;
   }
   static std::mutex& mutex() {
@@ -78,5 +87,20 @@ class entry_registry {
     return m;
   }
 };
+
+/// A trivially copyable function object sent as its bytes, rebuilt in the
+/// receiving process (lambdas need not be default constructible).
+template <class T>
+T object_from_bytes(std::span<const std::byte> bytes, const char* what) {
+  if (bytes.size() != sizeof(T))
+    throw serialization_error(std::string("coshard: received ") + std::to_string(bytes.size()) +
+                              " bytes for the " + what + ", expected " + std::to_string(sizeof(T)));
+  alignas(T) std::byte raw[sizeof(T)];
+  std::memcpy(raw, bytes.data(), sizeof(T));
+  return *std::launder(reinterpret_cast<T*>(raw));
+}
+
+/// The job runners a worker can make.
+using entry_registry = registry<runner_factory>;
 
 }  // namespace coshard::detail

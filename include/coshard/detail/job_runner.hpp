@@ -164,17 +164,6 @@ struct job_spec {
   static_assert(!(settled && is_reduce));
 };
 
-template <class T>
-T object_from_bytes(std::span<const std::byte> bytes, const char* what) {
-  if (bytes.size() != sizeof(T))
-    throw serialization_error(std::string("coshard: job_start carries ") +
-                              std::to_string(bytes.size()) + " bytes for the " + what +
-                              ", expected " + std::to_string(sizeof(T)));
-  alignas(T) std::byte raw[sizeof(T)];
-  std::memcpy(raw, bytes.data(), sizeof(T));
-  return *std::launder(reinterpret_cast<T*>(raw));
-}
-
 // Result records of settled jobs: tag 1 + byte length + value, or tag 0 +
 // failure. The length lets the caller skip a value it cannot decode and
 // still deliver the rest of the batch.

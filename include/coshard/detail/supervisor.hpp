@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -65,6 +66,8 @@ enum class supervisor_op : std::uint32_t {
   spawned = 10,       // worker `pid` started for `slot`; its channel comes as SCM_RIGHTS
   spawn_failed = 11,  // `arg` is the errno of the failed fork or socketpair
   exited = 12,        // worker `pid` was reaped; `arg` is its wait status
+  hello = 13,         // the supervisor is ready to serve (its first message)
+  start_failed = 14,  // it cannot serve; one text datagram saying why follows
 };
 
 struct supervisor_message {
@@ -122,6 +125,13 @@ inline bool receive_message(int fd, supervisor_message& m, int& got_fd) noexcept
   return true;
 }
 
+/// Sends `text` as one datagram (after start_failed).
+inline void send_text(int fd, const std::string& text) noexcept {
+  const std::size_t n = std::min<std::size_t>(text.size(), 4000);
+  while (::send(fd, text.data(), n, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+  }
+}
+
 /// Builds the settings of the worker for one slot, in the supervisor.
 using worker_settings_factory = std::function<worker_settings(std::uint32_t slot)>;
 
@@ -160,7 +170,12 @@ class supervisor_process {
     sigaddset(&chld, SIGCHLD);
     ::sigprocmask(SIG_BLOCK, &chld, nullptr);
     sigchld_ = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-    if (sigchld_ < 0) ::_exit(70);
+    if (sigchld_ < 0) {
+      report({supervisor_op::start_failed, 0, 0, 0, errno});
+      send_text(control_, std::string("signalfd failed: ") + std::strerror(errno));
+      ::_exit(70);
+    }
+    report({supervisor_op::hello, 0, 0, ::getpid(), 0});
     for (;;) {
       pollfd fds[3] = {{control_, control_open_ ? short(POLLIN) : short(0), 0},
                        {owner_pidfd_, POLLIN, 0},
@@ -308,39 +323,63 @@ struct spawn_result {
 /// (the worker was killed by its parent-death signal).
 inline constexpr int unknown_wait_status = -1;
 
+/// How a supervisor process comes to exist: `start` makes a child process
+/// that serves `control` (its end of the control socket; the launcher closes
+/// nothing) and returns its pid, or throws pool_error. `exit_hint` is added
+/// to the error when the child exits before it says hello.
+struct supervisor_launch {
+  std::function<pid_t(int control)> start;
+  std::string exit_hint;
+};
+
+/// The fork-server launch: the supervisor is a fork of the calling process.
+inline supervisor_launch fork_supervisor(const worker_settings_factory& settings) {
+  return {[&settings](int control) {
+            const pid_t owner = ::getpid();
+            flush_standard_streams();
+            // Signals stay blocked across the fork: until the child has reset
+            // the owner's handlers, one of them (a signal_set writing to the
+            // owner's self-pipe) must not run in it.
+            sigset_t all, old;
+            sigfillset(&all);
+            ::pthread_sigmask(SIG_SETMASK, &all, &old);
+            const pid_t pid = ::fork();
+            if (pid == 0) supervisor_process(control, owner, settings).run();
+            const int fork_errno = errno;
+            ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+            if (pid < 0)
+              throw pool_error(std::string("coshard: fork of the supervisor failed: ") + std::strerror(fork_errno));
+            return pid;
+          },
+          ""};
+}
+
 /// The owner's link to its supervisor: requests go down the control socket
 /// from any thread; a thread of the owner reads the supervisor's reports and
 /// hands each to whoever waits for it.
 class supervisor_link {
  public:
-  /// Forks the supervisor. Throws pool_error if it cannot.
-  explicit supervisor_link(const worker_settings_factory& settings) : owner_(::getpid()) {
+  /// Starts the supervisor through `launch` and waits (up to
+  /// `startup_timeout`) until it says it serves. Throws pool_error naming the
+  /// cause if it cannot be started, exits first or stays silent; nothing is
+  /// left behind then.
+  supervisor_link(const supervisor_launch& launch, std::chrono::milliseconds startup_timeout)
+      : owner_(::getpid()) {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
       throw pool_error(std::string("coshard: socketpair for the supervisor failed: ") + std::strerror(errno));
-    flush_standard_streams();
-    // Signals stay blocked across the fork: until the child has reset the
-    // owner's handlers, one of them (a signal_set writing to the owner's
-    // self-pipe) must not run in it.
-    sigset_t all, old;
-    sigfillset(&all);
-    ::pthread_sigmask(SIG_SETMASK, &all, &old);
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      ::close(sv[0]);
-      supervisor_process(sv[1], owner_, settings).run();
-    }
-    const int fork_errno = errno;
-    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-    if (pid < 0) {
+    pid_t pid;
+    try {
+      pid = launch.start(sv[1]);
+    } catch (...) {
       ::close(sv[0]);
       ::close(sv[1]);
-      throw pool_error(std::string("coshard: fork of the supervisor failed: ") + std::strerror(fork_errno));
+      throw;
     }
     ::close(sv[1]);
     control_ = sv[0];
     pid_ = pid;
-    pidfd_ = open_pidfd(pid);  // it cannot have exited: it waits for us
+    pidfd_ = open_pidfd(pid);  // it cannot have been reaped: only we wait for it
     if (pidfd_ < 0) {
       const int err = errno;
       ::close(control_);  // the supervisor sees EOF and exits
@@ -349,6 +388,7 @@ class supervisor_link {
       throw pool_error(std::string("coshard: pidfd_open failed (Linux 5.3 or later is needed): ") +
                        std::strerror(err));
     }
+    await_hello(startup_timeout, launch.exit_hint);
     reader_ = std::thread([this] { read_reports(); });
   }
 
@@ -446,6 +486,65 @@ class supervisor_link {
   // must not hang a job's executor or a shutdown; its death is handled by
   // the bounded waits instead.
   bool request(const supervisor_message& m) noexcept { return send_message(control_, m, -1, MSG_DONTWAIT); }
+
+  // The supervisor's first word: hello, or why it cannot serve. Anything
+  // else (an exit, silence) is turned into a pool_error after the process
+  // is killed and reaped.
+  void await_hello(std::chrono::milliseconds timeout, const std::string& exit_hint) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::string failure;
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      pollfd fds[2] = {{control_, POLLIN, 0}, {pidfd_, POLLIN, 0}};
+      const int r = ::poll(fds, 2, static_cast<int>(std::max<long long>(0, left.count())));
+      if (r < 0 && errno == EINTR) continue;
+      if (r == 0) {
+        failure = "coshard: the supervisor process did not start within startup_timeout (" +
+                  std::to_string(timeout.count()) + " ms)" + exit_hint;
+        break;
+      }
+      if (r > 0 && (fds[0].revents & POLLIN)) {
+        supervisor_message m;
+        int fd = -1;
+        if (receive_message(control_, m, fd)) {
+          if (fd >= 0) ::close(fd);
+          if (m.op == supervisor_op::hello) return;
+          if (m.op == supervisor_op::start_failed) {
+            char text[4096];
+            ssize_t n;
+            while ((n = ::recv(control_, text, sizeof text, 0)) < 0 && errno == EINTR) {
+            }
+            failure = "coshard: the supervisor process could not start: " +
+                      (n > 0 ? std::string(text, static_cast<std::size_t>(n)) : std::string("no reason given"));
+            break;
+          }
+        }
+      }
+      if (r < 0 || fds[1].revents || (fds[0].revents & (POLLHUP | POLLERR))) {
+        // It exited (or closed its end) without a word.
+        siginfo_t info{};
+        wait_readable(pidfd_, std::chrono::milliseconds(1000));
+        const bool reaped =
+            ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_), &info, WEXITED | WNOHANG) == 0 &&
+            info.si_pid != 0;
+        failure = "coshard: the supervisor process ended before it served (" +
+                  (reaped ? (info.si_code == CLD_EXITED ? "exited with code " + std::to_string(info.si_status)
+                                                        : "killed by signal " + std::to_string(info.si_status))
+                          : std::string("closed its control socket")) +
+                  ")" + exit_hint;
+        break;
+      }
+    }
+    signal_pidfd(pidfd_, SIGKILL);
+    siginfo_t info;
+    while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_), &info, WEXITED) < 0 && errno == EINTR) {
+    }
+    ::close(control_);
+    ::close(pidfd_);
+    control_ = pidfd_ = -1;
+    throw pool_error(failure);
+  }
 
   static bool wait_readable(int fd, std::chrono::milliseconds timeout) noexcept {
     const auto deadline = std::chrono::steady_clock::now() + timeout;

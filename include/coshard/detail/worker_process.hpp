@@ -29,6 +29,7 @@
 
 #include "coshard/detail/frame_io.hpp"
 #include "coshard/detail/job_runner.hpp"
+#include "coshard/shippable_function.hpp"
 
 namespace coshard::detail {
 
@@ -45,9 +46,10 @@ struct worker_settings {
   std::chrono::nanoseconds item_timeout{0};
   std::chrono::nanoseconds timeout_grace{0};
   worker_status* status = nullptr;
-  // Point into the parent's pool_options, which the forked worker has a copy of.
-  const std::function<void()>* initializer = nullptr;
-  const std::function<asio::awaitable<void>()>* async_initializer = nullptr;
+  // Point into the pool_options the supervisor holds (the owner's copy when
+  // forked, the ones rebuilt from the wire when re-executed).
+  const coshard::shippable_function<void()>* initializer = nullptr;
+  const coshard::shippable_function<asio::awaitable<void>()>* async_initializer = nullptr;
   bool report_rss = false;  // put resident memory in every reply header
 };
 

@@ -8,6 +8,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -23,30 +26,47 @@
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 
+#include "coshard/detail/exec_supervisor.hpp"
 #include "coshard/detail/frame_io.hpp"
 #include "coshard/detail/supervisor.hpp"
 #include "coshard/pool_options.hpp"
 
 namespace coshard::detail {
 
-// Anonymous shared pages, one per slot, mapped before the supervisor is
-// forked: the supervisor and every worker it forks see the same memory.
+// Shared pages, one per slot, in an anonymous file mapped before the
+// supervisor starts: a forked supervisor inherits the mapping, a re-executed
+// one maps the file it is handed, and every worker it forks sees the same
+// memory.
 class shared_status_pages {
  public:
   explicit shared_status_pages(std::size_t n) : n_(n) {
-    void* p = ::mmap(nullptr, bytes(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw pool_error("coshard: mmap of the worker status pages failed");
+    fd_ = ::memfd_create("coshard-status", MFD_CLOEXEC);
+    if (fd_ < 0) throw pool_error(std::string("coshard: memfd_create failed: ") + std::strerror(errno));
+    void* p = MAP_FAILED;
+    if (::ftruncate(fd_, static_cast<off_t>(bytes())) == 0)
+      p = ::mmap(nullptr, bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+    if (p == MAP_FAILED) {
+      const int err = errno;
+      ::close(fd_);
+      throw pool_error(std::string("coshard: mapping the worker status pages failed: ") + std::strerror(err));
+    }
     pages_ = static_cast<worker_status*>(p);
     for (std::size_t i = 0; i < n_; ++i) new (pages_ + i) worker_status;
   }
   shared_status_pages(const shared_status_pages&) = delete;
   shared_status_pages& operator=(const shared_status_pages&) = delete;
-  ~shared_status_pages() { ::munmap(pages_, bytes()); }
+  ~shared_status_pages() {
+    ::munmap(pages_, bytes());
+    ::close(fd_);
+  }
   [[nodiscard]] worker_status* at(std::size_t i) const noexcept { return pages_ + i; }
+  /// The file behind the pages, handed to a re-executed supervisor.
+  [[nodiscard]] int fd() const noexcept { return fd_; }
 
  private:
   [[nodiscard]] std::size_t bytes() const noexcept { return std::max<std::size_t>(1, n_) * sizeof(worker_status); }
   std::size_t n_;
+  int fd_ = -1;
   worker_status* pages_ = nullptr;
 };
 
@@ -107,11 +127,13 @@ class worker_set {
   /// ready (their initializers ran), within startup_timeout. Throws
   /// pool_error naming the first worker that failed; nothing is left behind.
   explicit worker_set(const pool_options& opts)
-      : opts_(opts),
+      : opts_(checked(opts)),
         slots_(opts.workers ? opts.workers : std::max(1u, std::thread::hardware_concurrency())),
         pages_(slots_.size()),
         settings_([this](std::uint32_t slot) { return settings(slot); }),
-        link_(settings_) {
+        link_(opts_.start == start_method::exec ? exec_supervisor(opts_, slots_.size(), pages_.fd())
+                                                : fork_supervisor(settings_),
+              opts_.startup_timeout) {
     for (std::size_t i = 0; i < slots_.size(); ++i) slots_[i].status = pages_.at(i);
     try {
       bring_up_all_blocking();
@@ -325,6 +347,16 @@ class worker_set {
   }
 
  private:
+  // A program run again as a supervisor that went on into its own code
+  // (main did not call serve_if_worker) must not re-execute itself again.
+  static const pool_options& checked(const pool_options& o) {
+    if (std::getenv(exec_supervisor_env))
+      throw pool_error(std::string("coshard: this process was started as a pool's supervisor (start_method::exec, ") +
+                       exec_supervisor_env + " is set), but its main did not call coshard::serve_if_worker(argc, "
+                       "argv) first; it does not start pools of its own");
+    return o;
+  }
+
   worker_settings settings(std::uint32_t slot) const {
     return {opts_.concurrency, opts_.max_frame_bytes, opts_.item_timeout, opts_.timeout_grace,
             pages_.at(slot), &opts_.initializer, &opts_.async_initializer, opts_.max_worker_rss_bytes > 0};
