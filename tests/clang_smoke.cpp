@@ -1,5 +1,7 @@
 // Built and run with clang++-14 by ctest (compile_and_run_with_clang): every
-// public entry point instantiated under the second supported compiler.
+// public entry point of process_pool (each job function and its async_ form,
+// the shared overloads, cancel, shutdown, both start methods) instantiated
+// and checked under the second supported compiler.
 // Plain containers only: clang 14 cannot instantiate libstdc++ 12's std::views.
 #include <coshard/coshard.hpp>
 
@@ -7,8 +9,11 @@
 #include <asio/steady_timer.hpp>
 #include <asio/use_future.hpp>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <numeric>
+#include <thread>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -21,7 +26,8 @@
     }                                                                    \
   } while (0)
 
-int main() {
+int main(int argc, char** argv) {
+  coshard::serve_if_worker(argc, argv);
   coshard::process_pool pool{{.workers = 2, .concurrency = 16}};
   std::vector<int> in(1000);
   std::iota(in.begin(), in.end(), 0);
@@ -73,6 +79,60 @@ int main() {
   } catch (const coshard::task_error& e) {
     EXPECT(e.index() == 3 && e.message() == "three");
   }
+  EXPECT(pool.map_reduce(in, [](int s, int x) { return long(s + x); }, std::plus<>{}, 0L, 1) ==
+         999L * 1000 / 2 + 1000);
+
+  auto settled = pool.map_settled(in, [](int x) {
+    if (x == 7) throw std::runtime_error("seven");
+    return x;
+  });
+  EXPECT(!settled[7].ok() && settled[8].value() == 8);
+  auto settled_fut = pool.async_map_settled(in, [](int x) { return x; }, asio::use_future);
+  EXPECT(settled_fut.get()[9].value() == 9);
+
+  auto shared_fut = pool.async_map(in, [](int s, int x) { return s * x; }, 3, asio::use_future);
+  EXPECT(shared_fut.get()[4] == 12);
+
+  std::size_t streamed = 0;
+  auto count_fut = pool.async_for_each_result(in, [](int x) { return x; }, [&](std::size_t, int) { ++streamed; },
+                                              asio::use_future);
+  EXPECT(count_fut.get() == in.size() && streamed == in.size());
+
+  // cancel() from another thread ends a running job with operation_aborted
+  // (it reaches only a job that has started: repeated until the job ends).
+  std::atomic<bool> ended{false};
+  std::thread canceller([&] {
+    while (!ended.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      pool.cancel();
+    }
+  });
+  bool aborted = false;
+  try {
+    (void)pool.map(std::vector<int>(100'000, 1), [](int x) -> asio::awaitable<int> {
+      asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(5));
+      co_await t.async_wait(asio::use_awaitable);
+      co_return x;
+    });
+  } catch (const std::system_error& e) {
+    aborted = e.code() == asio::error::operation_aborted;
+  }
+  ended.store(true);
+  canceller.join();
+  EXPECT(aborted);
+
+  pool.shutdown(coshard::shutdown_mode::forced);
+  bool refused = false;
+  try {
+    (void)pool.map(in, [](int x) { return x; });
+  } catch (const coshard::pool_error&) {
+    refused = true;
+  }
+  EXPECT(refused);
+
+  coshard::process_pool exec_pool{{.workers = 1, .initializer = [] {}, .start = coshard::start_method::exec}};
+  EXPECT(exec_pool.map(in, [](int x) { return x + 2; })[0] == 2);
+
   std::puts("clang smoke: ok");
   return 0;
 }

@@ -131,6 +131,23 @@ inline long rss_bytes() {
   return resident * ::sysconf(_SC_PAGESIZE);
 }
 
+/// Starts a new peak for peak_rss_bytes() (Linux 4.0+). False if it cannot.
+inline bool reset_peak_rss() {
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";
+  clear.flush();
+  return clear.good();
+}
+
+/// Highest resident set size of this process since reset_peak_rss(), in bytes.
+inline long peak_rss_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6)) * 1024;
+  return -1;
+}
+
 /// Captures the fd count at construction; `leaked()` is how many more are open now.
 struct fd_baseline {
   int at_start = open_fd_count();

@@ -4,6 +4,7 @@
 #include <asio/detached.hpp>
 #include <asio/steady_timer.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <numeric>
@@ -61,6 +62,7 @@ int main() {
 
   // Results in completion order, as Python's asyncio.as_completed gives them.
   std::vector<int> delays{300, 100, 200};
+  std::vector<std::size_t> finish_order;
   pool.for_each_result(
       delays,
       [](int delay_ms) -> asio::awaitable<int> {
@@ -68,16 +70,21 @@ int main() {
         co_await t.async_wait(asio::use_awaitable);
         co_return delay_ms;
       },
-      [](std::size_t index, int delay_ms) {
+      [&](std::size_t index, int delay_ms) {
         std::printf("finished: input %zu (%d ms)\n", index, delay_ms);
+        if (delays[index] == delay_ms) finish_order.push_back(index);
       });
 
-  // The same pool from a coroutine on the caller's own io_context.
+  // The same pool from a coroutine on the caller's own io_context; an
+  // exception in the coroutine is rethrown here, not dropped.
   asio::io_context io;
+  std::vector<int> remainders;
   asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-    auto v = co_await pool.async_map(numbers, [](int x) { return x % 7; }, asio::use_awaitable);
-    std::printf("async_map: %zu results, v[10] = %d\n", v.size(), v[10]);
-  }, asio::detached);
+    remainders = co_await pool.async_map(numbers, [](int x) { return x % 7; }, asio::use_awaitable);
+    std::printf("async_map: %zu results, v[10] = %d\n", remainders.size(), remainders[10]);
+  }, [](std::exception_ptr e) {
+    if (e) std::rethrow_exception(e);
+  });
   io.run();
 
   // A task's exception comes back with its type, message, input index and worker.
@@ -94,7 +101,15 @@ int main() {
 
   // The answers, checked against what they must be (ctest runs this program).
   const long n = static_cast<long>(numbers.size());
-  const bool right = squares.back() == n * n && sum == n * (n + 1) / 2 && lengths.size() == 2000 &&
-                     counts["the"] == 2 && counts["cat"] == 2 && greetings[2] == "hello #3" && caught;
+  bool right = squares.back() == n * n && sum == n * (n + 1) / 2 && caught;
+  right = right && lengths.size() == 2000 && std::all_of(lengths.begin(), lengths.end(), [](std::size_t l) {
+            return l == 4;
+          });
+  right = right && counts["the"] == 2 && counts["cat"] == 2 && counts["sat"] == 2 && greetings[2] == "hello #3";
+  // Completion order: the 100 ms item, then 200, then 300 (ends 100 ms apart).
+  right = right && finish_order == std::vector<std::size_t>{1, 2, 0};
+  right = right && remainders.size() == numbers.size();
+  for (std::size_t i = 0; right && i < numbers.size(); ++i) right = remainders[i] == numbers[i] % 7;
+  if (!right) std::fprintf(stderr, "quickstart: a result is wrong\n");
   return right ? 0 : 1;
 }

@@ -67,7 +67,8 @@ struct pool_options {
   /// pool_error naming the exception.
   /// With start_method::exec it is sent to the re-executed program, so it
   /// must be an empty or trivially copyable lambda or function object; the
-  /// constructor refuses another one with pool_error saying why.
+  /// constructor refuses another one with pool_error saying why. (A captured
+  /// pointer, reference or string_view is sent too, but means nothing there.)
   shippable_function<void()> initializer{};
   /// As `initializer`, as a coroutine on the worker's io_context; runs after it.
   shippable_function<asio::awaitable<void>()> async_initializer{};

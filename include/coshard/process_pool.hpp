@@ -108,9 +108,10 @@ using source_input_of = std::ranges::range_value_t<typename Source::range_type&>
 /// when the pool was created.
 class process_pool {
  public:
-  /// Forks the pool's supervisor, which starts the workers; returns once all
-  /// are ready (their initializers ran). After this the calling process never
-  /// forks again. Throws pool_error if an option is invalid or a worker cannot
+  /// Starts the pool's supervisor (a fork of this process, or this program
+  /// run again with start_method::exec), which starts the workers; returns
+  /// once all are ready (their initializers ran). After this the calling
+  /// process never forks again. Throws pool_error if an option is invalid or a worker cannot
   /// be started (nothing is left behind).
   explicit process_pool(pool_options options = {})
       : core_(std::make_shared<detail::pool_core>(validated(options))) {}
@@ -156,8 +157,12 @@ class process_pool {
   /// Applies `fn` to every input and returns the results in input order.
   /// `fn` is `R(T)` or `asio::awaitable<R>(T)`, T the range's value type.
   /// Inputs are pulled lazily in batches. Blocks the calling thread.
-  /// Throws task_error for the failing item with the lowest index seen (the
-  /// remaining batches are not started), worker_crashed for an item that
+  /// Throws task_error for the failing item with the lowest input index:
+  /// batches are cut in input order, items start in input order within a
+  /// batch and every batch already sent is drained, so every item before it
+  /// has run (except items of a batch waiting to be retried after a worker
+  /// crash, which are not started once a failure is known); no further batch
+  /// is started. Also worker_crashed for an item that
   /// kept killing its worker, timeout_error for one past item_timeout,
   /// whatever the input range itself throws, and pool_error for failures of
   /// the pool (shut down, a replacement that cannot start).

@@ -74,29 +74,45 @@ struct shippable_access;
 /// default fork-server start: function pointers (an address means nothing in
 /// a re-executed image), std::function (its target's type is not known), and
 /// lambdas capturing strings, containers or other owning types.
+///
+/// What the type cannot show: a lambda that captures a reference, `this`, a
+/// raw pointer, a string literal (`const char*`) or a std::string_view is
+/// trivially copyable, so it is sent, but the address it holds means nothing
+/// in the re-executed image (another address layout). Capture values only.
 template <class R>
 class shippable_function<R()> {
  public:
   shippable_function() = default;
+  /// Holds nothing, as a default-constructed one.
+  shippable_function(std::nullptr_t) noexcept {}  // NOLINT(google-explicit-constructor)
 
   /// Holds `f`; records its bytes and entry id when it can be sent.
   template <class F>
     requires(!std::is_same_v<std::remove_cvref_t<F>, shippable_function> &&
+             !std::is_same_v<std::remove_cvref_t<F>, std::nullptr_t> &&
              std::is_invocable_r_v<R, std::decay_t<F>&>)
   shippable_function(F&& f) {  // NOLINT(google-explicit-constructor): reads like std::function
     using D = std::decay_t<F>;
+    static_assert(!std::is_void_v<R> || !detail::is_awaitable_of_void<std::invoke_result_t<D&>>::value,
+                  "coshard: this callable is a coroutine (it returns asio::awaitable<void>): assign it to "
+                  "async_initializer, or it would never be awaited");
     if constexpr (std::is_class_v<D> && std::is_trivially_copyable_v<D>) {
       id_ = detail::shipped_call<R, D>::id;
-      bytes_ = std::make_shared<const std::string>(reinterpret_cast<const char*>(std::addressof(f)), sizeof(D));
+      if (id_ != 0)
+        bytes_ = std::make_shared<const std::string>(reinterpret_cast<const char*>(std::addressof(f)), sizeof(D));
+      else
+        refusal_ = "it was assigned during static initialisation, before its entry point was registered: "
+                   "build the pool_options in main";
     } else if constexpr (std::is_pointer_v<D> || std::is_function_v<std::remove_reference_t<F>>) {
       refusal_ = "it is a function pointer, an address that means nothing in another process image: "
                  "wrap the call in a lambda, [] { init(); }";
     } else if constexpr (std::is_same_v<D, std::function<R()>>) {
       refusal_ = "it is a std::function, whose target type the pool cannot know: assign the lambda itself";
     } else {
-      refusal_ = "its type is not trivially copyable (it captures a std::string, a container or another "
-                 "owning type): capture only plain values, or read the rest from the environment or a file "
-                 "inside the initializer";
+      refusal_ = "its type is not trivially copyable (it captures something with its own copy constructor: a "
+                 "std::string, a container, a std::pair or std::tuple, a smart pointer): capture only plain "
+                 "values (numbers, enums, arrays of them, plain structs), or read the rest from the environment "
+                 "or a file inside the initializer";
     }
     call_ = std::forward<F>(f);
   }

@@ -3,10 +3,23 @@
 // handling.
 #pragma once
 
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#define COSHARD_DETAIL_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define COSHARD_DETAIL_ASAN 1
+#endif
+#endif
+#ifdef COSHARD_DETAIL_ASAN
+#include <sanitizer/lsan_interface.h>
+#endif
+
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <initializer_list>
 #include <iostream>
@@ -31,20 +44,74 @@ inline void close_descriptors_except(std::initializer_list<int> keep) {
   ::close_range(from, ~0u, 0);
 }
 
-/// Resets every signal disposition to its default and unblocks every signal:
-/// handlers and masks the parent installed (test frameworks, crash reporters,
-/// a Ctrl-C handler) belong to the parent.
+/// The signal handlers the program had before any static constructor ran:
+/// none in an ordinary program (exec resets handlers), a sanitizer runtime's
+/// own ones (SIGSEGV, SIGBUS, SIGFPE) in a sanitized build. Captured during
+/// static initialisation, i.e. before main and so before a test framework,
+/// crash reporter or Ctrl-C handler installs its own.
+struct startup_signal_handlers {
+  struct sigaction action[NSIG]{};
+  bool is_handler[NSIG]{};
+  startup_signal_handlers() {
+    for (int sig = 1; sig < NSIG; ++sig) {
+      if (::sigaction(sig, nullptr, &action[sig]) != 0) continue;
+      const bool siginfo = (action[sig].sa_flags & SA_SIGINFO) != 0;
+      is_handler[sig] = siginfo ? action[sig].sa_sigaction != nullptr
+                                : action[sig].sa_handler != SIG_DFL && action[sig].sa_handler != SIG_IGN;
+    }
+  }
+};
+inline const startup_signal_handlers startup_handlers{};
+
+/// Puts every signal back as the program started (see startup_signal_handlers;
+/// in practice: the default, or a sanitizer's handler, so that a worker's
+/// memory error is still reported) and unblocks every signal. Handlers,
+/// ignores and masks the parent installed later (test frameworks, crash
+/// reporters, a Ctrl-C handler, SIGCHLD ignored) belong to the parent: a crash
+/// in a worker must be a plain death the pool can report.
 inline void reset_signal_handling() {
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
   sigemptyset(&dfl.sa_mask);
   for (int sig = 1; sig < NSIG; ++sig) {
     if (sig == SIGKILL || sig == SIGSTOP) continue;
-    ::sigaction(sig, &dfl, nullptr);  // fails harmlessly for the few reserved ones
+    // Fails harmlessly for the few reserved ones.
+    ::sigaction(sig, startup_handlers.is_handler[sig] ? &startup_handlers.action[sig] : &dfl, nullptr);
   }
   sigset_t none;
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+/// This process's pid without a system call (glibc no longer caches
+/// getpid): read on every job to refuse use from a forked copy of the owner.
+/// A pthread_atfork child handler refreshes it in every child fork() makes.
+inline pid_t current_pid() noexcept {
+  struct cache {
+    std::atomic<pid_t> pid{::getpid()};
+    cache() {
+      ::pthread_atfork(nullptr, nullptr, [] { instance().pid.store(::getpid(), std::memory_order_relaxed); });
+    }
+    static cache& instance() {
+      static cache c;
+      return c;
+    }
+  };
+  return cache::instance().pid.load(std::memory_order_relaxed);
+}
+
+/// Exit code of a worker whose leak check (sanitized builds) found leaks.
+inline constexpr int leak_found_exit_code = 23;
+
+/// In an AddressSanitizer build, runs LeakSanitizer over this process (a
+/// worker leaving cleanly through _exit, which skips the check at exit) and
+/// returns leak_found_exit_code if it reported a leak; else `code`. Only
+/// meaningful in a process whose every thread's stack it can see.
+inline int leak_check_at_clean_exit(int code) noexcept {
+#ifdef COSHARD_DETAIL_ASAN
+  if (code == 0 && __lsan_do_recoverable_leak_check() != 0) return leak_found_exit_code;
+#endif
+  return code;
 }
 
 /// Writes out what the C and C++ streams buffered, so that a fork does not

@@ -9,6 +9,7 @@
 // main runs, which calls serve_if_worker first.
 #pragma once
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/mman.h>
@@ -102,37 +103,8 @@ inline int bytes_in_memfd(const std::string& bytes) {
 /// mask and a process group of its own.
 inline supervisor_launch exec_supervisor(const pool_options& o, std::size_t slots, int pages_fd) {
   return {[&o, slots, pages_fd](int control) {
-            const int config_fd = bytes_in_memfd(encode_exec_config(o, slots));
-            // Moved above the target numbers first, so no dup2 overwrites a source.
-            int sources[3] = {control, pages_fd, config_fd};
-            int high[3] = {-1, -1, -1};
-            auto close_all = [&] {
-              for (int fd : high)
-                if (fd >= 0) ::close(fd);
-              ::close(config_fd);
-            };
-            for (int i = 0; i < 3; ++i)
-              if ((high[i] = ::fcntl(sources[i], F_DUPFD_CLOEXEC, 10)) < 0) {
-                const int err = errno;
-                close_all();
-                throw pool_error(std::string("coshard: fcntl(F_DUPFD) failed: ") + std::strerror(err));
-              }
-            posix_spawn_file_actions_t actions;
-            posix_spawnattr_t attr;
-            ::posix_spawn_file_actions_init(&actions);
-            ::posix_spawnattr_init(&attr);
-            for (int i = 0; i < 3; ++i) ::posix_spawn_file_actions_adddup2(&actions, high[i], exec_control_fd + i);
-            ::posix_spawn_file_actions_addclosefrom_np(&actions, exec_config_fd + 1);
-            sigset_t none, all;
-            sigemptyset(&none);
-            sigfillset(&all);
-            sigdelset(&all, SIGKILL);
-            sigdelset(&all, SIGSTOP);
-            ::posix_spawnattr_setsigmask(&attr, &none);
-            ::posix_spawnattr_setsigdefault(&attr, &all);
-            ::posix_spawnattr_setpgroup(&attr, 0);
-            ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
-
+            // Everything that allocates comes first, so that a throw leaves
+            // no descriptor behind; the guard owns what follows.
             char exe[4096];
             const ssize_t len = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
             const std::string program = len > 0 ? std::string(exe, static_cast<std::size_t>(len)) : "coshard-sup";
@@ -148,15 +120,56 @@ inline supervisor_launch exec_supervisor(const pool_options& o, std::size_t slot
             argv.push_back(nullptr);
             for (auto& e : env) envp.push_back(e.data());
             envp.push_back(nullptr);
+            const std::string config = encode_exec_config(o, slots);
+
+            struct spawn_state {
+              int config_fd = -1;
+              int high[3] = {-1, -1, -1};
+              posix_spawn_file_actions_t actions;
+              posix_spawnattr_t attr;
+              bool actions_made = false, attr_made = false;
+              ~spawn_state() {
+                for (int fd : high)
+                  if (fd >= 0) ::close(fd);
+                if (config_fd >= 0) ::close(config_fd);
+                if (actions_made) ::posix_spawn_file_actions_destroy(&actions);
+                if (attr_made) ::posix_spawnattr_destroy(&attr);
+              }
+            } st;
+            auto check = [](int rc, const char* what) {
+              if (rc != 0) throw pool_error(std::string("coshard: ") + what + " failed: " + std::strerror(rc));
+            };
+            st.config_fd = bytes_in_memfd(config);
+            // Moved above the target numbers first, so no dup2 overwrites a source.
+            const int sources[3] = {control, pages_fd, st.config_fd};
+            for (int i = 0; i < 3; ++i)
+              if ((st.high[i] = ::fcntl(sources[i], F_DUPFD_CLOEXEC, 10)) < 0) check(errno, "fcntl(F_DUPFD)");
+            check(::posix_spawn_file_actions_init(&st.actions), "posix_spawn_file_actions_init");
+            st.actions_made = true;
+            check(::posix_spawnattr_init(&st.attr), "posix_spawnattr_init");
+            st.attr_made = true;
+            for (int i = 0; i < 3; ++i)
+              check(::posix_spawn_file_actions_adddup2(&st.actions, st.high[i], exec_control_fd + i),
+                    "posix_spawn_file_actions_adddup2");
+            check(::posix_spawn_file_actions_addclosefrom_np(&st.actions, exec_config_fd + 1),
+                  "posix_spawn_file_actions_addclosefrom_np");
+            sigset_t none, all;
+            sigemptyset(&none);
+            sigfillset(&all);
+            sigdelset(&all, SIGKILL);
+            sigdelset(&all, SIGSTOP);
+            check(::posix_spawnattr_setsigmask(&st.attr, &none), "posix_spawnattr_setsigmask");
+            check(::posix_spawnattr_setsigdefault(&st.attr, &all), "posix_spawnattr_setsigdefault");
+            check(::posix_spawnattr_setpgroup(&st.attr, 0), "posix_spawnattr_setpgroup");
+            check(::posix_spawnattr_setflags(&st.attr,
+                                             POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP),
+                  "posix_spawnattr_setflags");
 
             flush_standard_streams();
             pid_t pid = -1;
             // /proc/self/exe is resolved in the child, which still runs our
             // image: the same binary even if its file was replaced since.
-            const int rc = ::posix_spawn(&pid, "/proc/self/exe", &actions, &attr, argv.data(), envp.data());
-            ::posix_spawn_file_actions_destroy(&actions);
-            ::posix_spawnattr_destroy(&attr);
-            close_all();
+            const int rc = ::posix_spawn(&pid, "/proc/self/exe", &st.actions, &st.attr, argv.data(), envp.data());
             if (rc != 0)
               throw pool_error("coshard: start_method::exec could not run /proc/self/exe (" + program +
                                "): " + std::strerror(rc));
@@ -164,6 +177,17 @@ inline supervisor_launch exec_supervisor(const pool_options& o, std::size_t slot
           },
           "; with start_method::exec the program is run again as the supervisor, and its main must call "
           "coshard::serve_if_worker(argc, argv) before anything else"};
+}
+
+/// Threads of this process (1 if it cannot tell).
+inline int thread_count() noexcept {
+  int n = 0;
+  if (DIR* d = ::opendir("/proc/self/task")) {
+    while (dirent* e = ::readdir(d))
+      if (e->d_name[0] != '.') ++n;
+    ::closedir(d);
+  }
+  return n > 0 ? n : 1;
 }
 
 /// The inputs of a re-executed supervisor, read from its descriptors.
@@ -216,6 +240,17 @@ inline exec_inputs read_exec_inputs() {
   in.base.item_timeout = std::chrono::nanoseconds(h.item_timeout_ns);
   in.base.timeout_grace = std::chrono::nanoseconds(h.timeout_grace_ns);
   in.base.report_rss = h.report_rss != 0;
+  in.base.leak_check_at_exit = true;  // a fresh image: every root is in the worker, unless...
+  if (const int threads = thread_count(); threads > 1) {
+    // ...static initialisers of the program started threads before main
+    // reached serve_if_worker: the workers are then forked from a threaded
+    // process after all, and their leak check would see only one stack.
+    std::fprintf(stderr,
+                 "coshard supervisor %d: the program runs %d threads before serve_if_worker (started by static "
+                 "initialisers); workers forked from it get only the forking thread\n",
+                 static_cast<int>(::getpid()), threads);
+    in.base.leak_check_at_exit = false;
+  }
   return in;
 }
 

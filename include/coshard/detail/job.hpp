@@ -193,8 +193,12 @@ class job {
       }
     }
     wake_.reset();
-    if (cancelled_)
-      throw std::system_error(asio::error::operation_aborted, "coshard: job cancelled");
+    // A forced shutdown kills the workers under the job: whatever it saw
+    // first (the cancel, a lost worker, an item convicted by the kill), it
+    // ends as documented.
+    if ((cancelled_ || failure_ || item_failure_) && workers_.forced_shutdown())
+      throw pool_error("coshard: the pool was shut down (forced) while the job ran");
+    if (cancelled_) throw std::system_error(asio::error::operation_aborted, "coshard: job cancelled");
     if (failure_) std::rethrow_exception(failure_);
     if (item_failure_) std::rethrow_exception(item_failure_);
     co_return collector_.take();

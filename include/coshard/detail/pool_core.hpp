@@ -51,7 +51,7 @@ std::function<bool()> loop_thread_probe(const Executor& ex) {
 
 class pool_core : public std::enable_shared_from_this<pool_core> {
  public:
-  explicit pool_core(const pool_options& options) : owner_(::getpid()), workers(options) {}
+  explicit pool_core(const pool_options& options) : owner_(current_pid()), workers(options) {}
 
   pool_core(const pool_core&) = delete;
   pool_core& operator=(const pool_core&) = delete;
@@ -61,7 +61,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
 
   /// Throws pool_error unless called in the process that built the pool.
   void check_owner() const {
-    if (::getpid() != owner_)
+    if (current_pid() != owner_)
       throw pool_error("coshard: this process_pool belongs to process " + std::to_string(owner_) +
                        "; a process forked from it cannot use it");
   }
@@ -138,7 +138,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     const auto grace = workers.options().shutdown_timeout;
     {
       std::lock_guard lock(busy_mutex_);
-      workers.close();
+      workers.close(mode == shutdown_mode::forced);
     }
     if (mode == shutdown_mode::forced) workers.kill_all();
     try {

@@ -42,7 +42,7 @@ namespace coshard::detail {
   // _exit, not exit: the parent's static objects and atexit handlers belong to
   // the parent. Flush what tasks printed first.
   flush_standard_streams();
-  ::_exit(code);
+  ::_exit(settings.leak_check_at_exit ? leak_check_at_clean_exit(code) : code);
 }
 
 /// "exited with code 3", "killed by signal 9 (Killed)".

@@ -404,7 +404,7 @@ class supervisor_link {
     {
       std::lock_guard lock(mutex_);
       if (!alive_) {
-        result->set({-1, -1, "its supervisor process is gone"});
+        result->set({-1, -1, "the pool's supervisor process is gone"});
         return result;
       }
       id = next_id_++;
@@ -413,7 +413,7 @@ class supervisor_link {
     if (!request({supervisor_op::spawn, slot, id, 0, 0})) {
       std::lock_guard lock(mutex_);
       spawns_.erase(id);
-      result->set({-1, -1, "its supervisor process is gone"});
+      result->set({-1, -1, "the pool's supervisor process is gone"});
     }
     return result;
   }
@@ -536,6 +536,10 @@ class supervisor_link {
         break;
       }
     }
+    // Its process group too: a re-run program that went on into its own
+    // code (no serve_if_worker) may have started children; the group is its
+    // own (exec) or not yet made (fork), so nothing else is in it.
+    ::kill(-pid_, SIGKILL);
     signal_pidfd(pidfd_, SIGKILL);
     siginfo_t info;
     while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_), &info, WEXITED) < 0 && errno == EINTR) {
@@ -584,7 +588,7 @@ class supervisor_link {
         if (m.op == supervisor_op::spawned && fd >= 0)
           spawn->set({m.pid, std::exchange(fd, -1), {}});
         else
-          spawn->set({-1, -1, std::string("could not be started: ") + std::strerror(m.arg ? m.arg : EIO)});
+          spawn->set({-1, -1, std::string(std::strerror(m.arg ? m.arg : EIO))});
       }
       if (exit) exit->set(m.arg);
       if (fd >= 0) ::close(fd);  // a worker no one waits for any more: it exits on EOF
@@ -599,7 +603,7 @@ class supervisor_link {
       spawns.swap(spawns_);
       exits = exits_;
     }
-    for (auto& [id, s] : spawns) s->set({-1, -1, "its supervisor process is gone"});
+    for (auto& [id, s] : spawns) s->set({-1, -1, "the pool's supervisor process is gone"});
     for (auto& [pid, e] : exits) e->set(unknown_wait_status);
   }
 

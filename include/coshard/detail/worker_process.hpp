@@ -51,6 +51,11 @@ struct worker_settings {
   const coshard::shippable_function<void()>* initializer = nullptr;
   const coshard::shippable_function<asio::awaitable<void>()>* async_initializer = nullptr;
   bool report_rss = false;  // put resident memory in every reply header
+  // Run LeakSanitizer at a clean exit (sanitized builds). Only sound in a
+  // worker whose supervisor was a fresh image (start_method::exec): a worker
+  // forked from a copy of a multi-threaded owner lacks the other threads'
+  // stacks, so the owner's live objects would look leaked.
+  bool leak_check_at_exit = false;
 };
 
 /// Exit code of a worker whose initializer failed (it said why first).

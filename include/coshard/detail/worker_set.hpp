@@ -154,9 +154,15 @@ class worker_set {
   [[nodiscard]] const pool_options& options() const noexcept { return opts_; }
   [[nodiscard]] supervisor_link& supervisor() noexcept { return link_; }
 
-  /// Refuses replacements from now on; a shutdown is under way.
-  void close() noexcept { closing_.store(true); }
+  /// Refuses replacements from now on; a shutdown (`forced` or not) is under way.
+  void close(bool forced = false) noexcept {
+    if (forced) forced_.store(true);
+    closing_.store(true);
+  }
   [[nodiscard]] bool closing() const noexcept { return closing_.load(); }
+  /// True once a forced shutdown began: a job it cut short ends with
+  /// pool_error, not operation_aborted.
+  [[nodiscard]] bool forced_shutdown() const noexcept { return forced_.load(); }
 
   /// SIGKILLs every worker; callable from any thread.
   void kill_all() noexcept { link_.kill_all(); }
@@ -365,7 +371,7 @@ class worker_set {
   // Moves a worker the supervisor started into its slot (not ready yet).
   void take_started(worker_slot& s, spawn_result r) {
     s.starting.reset();
-    if (r.fd < 0) throw pool_error("coshard: a worker " + r.error);
+    if (r.fd < 0) throw pool_error("coshard: a worker could not be started: " + r.error);
     {
       std::lock_guard lock(fd_mutex_);
       s.fd = r.fd;
@@ -426,6 +432,7 @@ class worker_set {
   supervisor_link link_;
   std::vector<std::shared_ptr<oneshot<spawn_result>>> orphans_;  // starts given up on
   std::atomic<bool> closing_{false};
+  std::atomic<bool> forced_{false};
   std::mutex fd_mutex_;
 };
 

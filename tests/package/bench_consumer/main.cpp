@@ -7,13 +7,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
-#include <set>
+#include <map>
 #include <string>
 #include <vector>
 
 namespace {
 
-// Collects what ran; prints nothing but a summary.
+// Collects what ran and the counters each run reported.
 class checking_reporter : public benchmark::BenchmarkReporter {
  public:
   bool ReportContext(const Context&) override { return true; }
@@ -26,12 +26,11 @@ class checking_reporter : public benchmark::BenchmarkReporter {
         continue;
       }
       std::printf("ran %s\n", name.c_str());
-      ran.insert(r.run_name.function_name);
-      if (r.counters.count("speedup")) with_speedup.insert(r.run_name.function_name);
-      if (r.counters.count("p50_us")) with_latency.insert(r.run_name.function_name);
+      auto& counters = ran[r.run_name.function_name];
+      for (const auto& [counter, value] : r.counters) counters[counter] = value;
     }
   }
-  std::set<std::string> ran, with_speedup, with_latency;
+  std::map<std::string, std::map<std::string, double>> ran;
   bool failed = false;
 };
 
@@ -43,26 +42,40 @@ int main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
 
-  const std::vector<std::string> expected = {
-      "cube/sequential",
-      "cube/workers:1/batch:adaptive/concurrency:64",
-      "cube/workers:2/batch:64/concurrency:64",
-      "sum/sequential",
-      "sum/workers:2/batch:adaptive/concurrency:64",
-      "one",
-  };
   bool ok = !reporter.failed;
-  for (const auto& name : expected)
-    if (!reporter.ran.count(name)) {
+  auto expect = [&](const std::string& name, const std::map<std::string, double>& counters) {
+    auto it = reporter.ran.find(name);
+    if (it == reporter.ran.end()) {
       std::fprintf(stderr, "missing benchmark %s\n", name.c_str());
       ok = false;
+      return;
     }
-  if (!reporter.with_speedup.count("cube/workers:2/batch:64/concurrency:64")) {
-    std::fprintf(stderr, "no speedup counter on the pool runs\n");
-    ok = false;
+    for (const auto& [counter, want] : counters) {
+      auto got = it->second.find(counter);
+      // want < 0: the counter must exist and be positive; else equal to want.
+      if (got == it->second.end() || (want < 0 ? !(got->second > 0) : got->second != want)) {
+        std::fprintf(stderr, "%s: counter %s is %s\n", name.c_str(), counter.c_str(),
+                     got == it->second.end() ? "missing" : std::to_string(got->second).c_str());
+        ok = false;
+      }
+    }
+  };
+  // Every case register.cpp's sweep produces (2 tasks x (sequential + 2
+  // worker counts x 2 batch sizes), and the round trip), with its counters.
+  for (const std::string task : {"cube", "sum"}) {
+    expect(task + "/sequential", {{"items", 20'000}});
+    for (int workers : {1, 2})
+      for (const std::string batch : {"adaptive", "64"})
+        expect(task + "/workers:" + std::to_string(workers) + "/batch:" + batch + "/concurrency:64",
+               {{"items", 20'000},
+                {"workers", workers},
+                {"batch_size", batch == "adaptive" ? 0 : 64},
+                {"concurrency", 64},
+                {"speedup", -1}});
   }
-  if (!reporter.with_latency.count("one")) {
-    std::fprintf(stderr, "no p50_us counter on the round trip\n");
+  expect("one", {{"p50_us", -1}, {"p99_us", -1}, {"max_us", -1}});
+  if (reporter.ran.size() != 11) {
+    std::fprintf(stderr, "expected 11 benchmarks, %zu ran\n", reporter.ran.size());
     ok = false;
   }
   std::printf("%s\n", ok ? "bench consumer: ok" : "bench consumer: FAILED");
