@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+./scripts/install-deps.sh python3-doc >/dev/null
+
 out=docs/results/examples.txt
 mkdir -p "$(dirname "$out")"
 crawler=build/examples/crawler/crawler
