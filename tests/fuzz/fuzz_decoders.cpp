@@ -179,7 +179,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       run_batch<records_spec>(body, start_of<records_spec>(record_echo));
       break;
     case batch_longs:
-      run_batch<longs_spec>(body, start_of<longs_spec>(long_square));
+      run_batch<longs_spec>(body, start_of<longs_spec>(long_flip));
       break;
     case batch_settled:
       run_batch<settled_spec>(body, start_of<settled_spec>(string_size));

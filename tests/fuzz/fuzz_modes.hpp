@@ -47,14 +47,14 @@ struct record {
 // The job shapes the batch modes run, as the pool would build them.
 inline constexpr auto string_size = [](std::string s) { return s.size(); };
 inline constexpr auto record_echo = [](record r) -> asio::awaitable<record> { co_return r; };
-inline constexpr auto long_square = [](long x) { return x * x; };
+inline constexpr auto long_flip = [](long x) { return x ^ 0x5555; };  // defined for every input
 using strings_spec = coshard::detail::job_spec<std::remove_const_t<decltype(string_size)>, std::string,
                                                coshard::detail::no_shared, coshard::detail::no_reduce,
                                                coshard::detail::no_reduce>;
 using records_spec = coshard::detail::job_spec<std::remove_const_t<decltype(record_echo)>, record,
                                                coshard::detail::no_shared, coshard::detail::no_reduce,
                                                coshard::detail::no_reduce>;
-using longs_spec = coshard::detail::job_spec<std::remove_const_t<decltype(long_square)>, long,
+using longs_spec = coshard::detail::job_spec<std::remove_const_t<decltype(long_flip)>, long,
                                              coshard::detail::no_shared, coshard::detail::no_reduce,
                                              coshard::detail::no_reduce>;
 using settled_spec = coshard::detail::job_spec<std::remove_const_t<decltype(string_size)>, std::string,
