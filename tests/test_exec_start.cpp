@@ -25,6 +25,7 @@
 #include <iterator>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -312,34 +313,14 @@ TEST_CASE("exec: the supervisor and workers inherit no descriptor and no marker 
 }
 
 TEST_CASE("exec: the supervisor and workers exit soon after the owner dies by SIGKILL") {
-  int report[2];
-  REQUIRE(::pipe(report) == 0);
-  const pid_t owner = ::fork();
-  REQUIRE(owner >= 0);
-  if (owner == 0) {
-    ::close(report[0]);
-    try {
-      coshard::process_pool pool{{.workers = 2, .start = start_method::exec}};
-      std::vector<pid_t> pids = pool.worker_pids();
-      pids.push_back(pool.supervisor_pid());
-      (void)!::write(report[1], pids.data(), pids.size() * sizeof(pid_t));
-      ::pause();  // until SIGKILLed
-    } catch (...) {
-    }
-    ::_exit(1);  // never back into the test runner's frames
-  }
-  ::close(report[1]);
-  std::vector<pid_t> pids(3);
-  REQUIRE(::read(report[0], pids.data(), pids.size() * sizeof(pid_t)) ==
-          static_cast<ssize_t>(pids.size() * sizeof(pid_t)));
-  ::close(report[0]);
-  for (pid_t p : pids) REQUIRE(alive(p));
-  ::kill(owner, SIGKILL);
-  ::waitpid(owner, nullptr, 0);
-  const auto t0 = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - t0 < 10s && std::any_of(pids.begin(), pids.end(), alive))
-    std::this_thread::sleep_for(2ms);
-  WARN("all gone " << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()
-                   << " s after the owner's death");
+  const auto [pids, seconds] = coshard_test::pool_pids_after_owner_sigkill(3, [] {
+    static std::optional<coshard::process_pool> pool;  // kept until the owner is killed
+    pool.emplace(coshard::pool_options{.workers = 2, .start = start_method::exec});
+    std::vector<pid_t> out = pool->worker_pids();
+    out.push_back(pool->supervisor_pid());
+    return out;
+  });
+  REQUIRE(pids.size() == 3);
+  WARN("all gone " << seconds << " s after the owner's death");
   for (pid_t p : pids) CHECK_FALSE(alive(p));
 }

@@ -206,37 +206,18 @@ TEST_CASE("a pool built in a short-lived thread keeps its workers when the threa
 TEST_CASE("the supervisor and workers exit soon after the owner dies, even by SIGKILL") {
   const bool from_thread = GENERATE(false, true);
   INFO((from_thread ? "pool built in a thread that has ended" : "pool built in main"));
-  int report[2];
-  REQUIRE(::pipe(report) == 0);
-  const pid_t owner = ::fork();
-  REQUIRE(owner >= 0);
-  if (owner == 0) {
-    ::close(report[0]);
-    try {
-      std::optional<coshard::process_pool> pool;
-      if (from_thread)
-        std::thread([&] { pool.emplace(coshard::pool_options{.workers = 3}); }).join();
-      else
-        pool.emplace(coshard::pool_options{.workers = 3});
-      std::vector<pid_t> pids = pool->worker_pids();
-      pids.push_back(pool->supervisor_pid());
-      (void)!::write(report[1], pids.data(), pids.size() * sizeof(pid_t));
-      ::pause();  // until SIGKILLed
-    } catch (...) {
-    }
-    ::_exit(1);  // never back into the test runner's frames
-  }
-  ::close(report[1]);
-  std::vector<pid_t> pids(4);
-  REQUIRE(::read(report[0], pids.data(), pids.size() * sizeof(pid_t)) ==
-          static_cast<ssize_t>(pids.size() * sizeof(pid_t)));
-  ::close(report[0]);
-  for (pid_t p : pids) REQUIRE(alive(p));
-  ::kill(owner, SIGKILL);
-  ::waitpid(owner, nullptr, 0);
-  const auto t0 = std::chrono::steady_clock::now();
-  while (seconds_since(t0) < 10 && std::any_of(pids.begin(), pids.end(), alive)) std::this_thread::sleep_for(2ms);
-  WARN("all gone " << seconds_since(t0) << " s after the owner's death");
+  const auto [pids, seconds] = coshard_test::pool_pids_after_owner_sigkill(4, [&] {
+    static std::optional<coshard::process_pool> pool;  // kept until the owner is killed
+    if (from_thread)
+      std::thread([&] { pool.emplace(coshard::pool_options{.workers = 3}); }).join();
+    else
+      pool.emplace(coshard::pool_options{.workers = 3});
+    std::vector<pid_t> out = pool->worker_pids();
+    out.push_back(pool->supervisor_pid());
+    return out;
+  });
+  REQUIRE(pids.size() == 4);
+  WARN("all gone " << seconds << " s after the owner's death");
   for (pid_t p : pids) CHECK_FALSE(alive(p));
 }
 

@@ -3,8 +3,11 @@
 #pragma once
 
 #include <dirent.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +15,7 @@
 #include <thread>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace coshard_test {
@@ -99,6 +103,42 @@ inline bool alive(pid_t pid) {
   std::string line;
   if (!std::getline(stat, line)) return false;
   return line.substr(line.rfind(')') + 2, 1) != "Z";
+}
+
+/// The owner-death scenario: forks a child ("the owner") that runs
+/// `build_pool` (which builds a pool, keeps it alive and returns the pids of
+/// its workers and supervisor), SIGKILLs that child once it has reported
+/// them, and waits up to 10 s for them all to go. Returns the pids (empty if
+/// the child could not report `count` of them) and the seconds it took.
+template <class BuildPool>
+std::pair<std::vector<pid_t>, double> pool_pids_after_owner_sigkill(std::size_t count, BuildPool build_pool) {
+  int report[2];
+  if (::pipe(report) != 0) return {};
+  const pid_t owner = ::fork();
+  if (owner < 0) return {};
+  if (owner == 0) {
+    ::close(report[0]);
+    try {
+      const std::vector<pid_t> pids = build_pool();  // the pool lives on in build_pool's keeper
+      (void)!::write(report[1], pids.data(), pids.size() * sizeof(pid_t));
+      ::pause();  // until SIGKILLed
+    } catch (...) {
+    }
+    ::_exit(1);  // never back into the test runner's frames
+  }
+  ::close(report[1]);
+  std::vector<pid_t> pids(count);
+  const auto want = static_cast<ssize_t>(count * sizeof(pid_t));
+  const bool reported = ::read(report[0], pids.data(), static_cast<std::size_t>(want)) == want;
+  ::close(report[0]);
+  ::kill(owner, SIGKILL);
+  ::waitpid(owner, nullptr, 0);
+  if (!reported) return {};
+  const auto t0 = std::chrono::steady_clock::now();
+  auto any_alive = [&] { return std::any_of(pids.begin(), pids.end(), alive); };
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10) && any_alive())
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  return {pids, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
 }
 
 /// The targets of a process's fds (this one's by default), e.g. "pipe:[1234]".
