@@ -613,12 +613,15 @@ TEST_CASE("cancelling a running job completes it with operation_aborted; the poo
 TEST_CASE("cancel lets plain functions finish the batch they run; the job gives operation_aborted") {
   with_pool({.workers = 2, .batch_size = 10}, [](coshard::process_pool& pool) {
     items_run->store(0);
-    // cancel() reaches only a job that has started: repeated until it ends.
+    // Cancelled once the first item runs, so a batch is under way; repeated
+    // until the job ends.
     std::atomic<bool> ended{false};
     std::jthread canceller([&] {
+      for (int waited = 0; items_run->load() == 0 && waited < 10'000 && !ended.load(); ++waited)
+        std::this_thread::sleep_for(1ms);
       while (!ended.load()) {
-        std::this_thread::sleep_for(50ms);
         pool.cancel();
+        std::this_thread::sleep_for(50ms);
       }
     });
     std::exception_ptr error;
@@ -846,9 +849,11 @@ TEST_CASE("shutdown with queued work is bounded, graceful or forced, and leaves 
   {
     coshard::process_pool pool{{.workers = 2, .concurrency = 4, .shutdown_timeout = 1500ms}};
     std::exception_ptr job_error;
+    items_run->store(0);
     std::thread caller([&] {
       try {
         (void)pool.map(iota_vector(100'000), [](long x) -> asio::awaitable<long> {
+          items_run->fetch_add(1);
           asio::steady_timer t(co_await asio::this_coro::executor, 50ms);
           co_await t.async_wait(asio::use_awaitable);
           co_return x;
@@ -857,7 +862,8 @@ TEST_CASE("shutdown with queued work is bounded, graceful or forced, and leaves 
         job_error = std::current_exception();
       }
     });
-    std::this_thread::sleep_for(200ms);
+    // Shut down once the job runs (a shutdown before it starts refuses it).
+    for (int waited = 0; items_run->load() == 0 && waited < 10'000; ++waited) std::this_thread::sleep_for(1ms);
     const auto t0 = std::chrono::steady_clock::now();
     pool.shutdown(mode);
     CHECK(std::chrono::steady_clock::now() - t0 < shutdown_bound(1500ms));
@@ -873,9 +879,11 @@ TEST_CASE("shutdown with queued work is bounded, graceful or forced, and leaves 
 TEST_CASE("graceful shutdown escalates when a plain function never returns") {
   coshard::process_pool pool{{.workers = 1, .shutdown_timeout = 300ms}};
   std::exception_ptr job_error;
+  items_run->store(0);
   std::thread caller([&] {
     try {
       (void)pool.map(iota_vector(4), [](long x) {
+        items_run->fetch_add(1);
         for (volatile bool forever = true; forever;) {
         }
         return x;
@@ -884,7 +892,7 @@ TEST_CASE("graceful shutdown escalates when a plain function never returns") {
       job_error = std::current_exception();
     }
   });
-  std::this_thread::sleep_for(100ms);
+  for (int waited = 0; items_run->load() == 0 && waited < 10'000; ++waited) std::this_thread::sleep_for(1ms);
   const auto t0 = std::chrono::steady_clock::now();
   pool.shutdown();
   CHECK(std::chrono::steady_clock::now() - t0 < shutdown_bound(300ms));

@@ -44,20 +44,22 @@ inline void close_descriptors_except(std::initializer_list<int> keep) {
   ::close_range(from, ~0u, 0);
 }
 
-/// The signal handlers the program had before any static constructor ran:
-/// none in an ordinary program (exec resets handlers), a sanitizer runtime's
-/// own ones (SIGSEGV, SIGBUS, SIGFPE) in a sanitized build. Captured during
-/// static initialisation, i.e. before main and so before a test framework,
-/// crash reporter or Ctrl-C handler installs its own.
+/// The signal handlers the program had when this was captured, during static
+/// initialisation: none in an ordinary program (exec resets handlers), a
+/// sanitizer runtime's own ones (SIGSEGV, SIGBUS, SIGFPE) in a sanitized
+/// build. Before main, so before a test framework or Ctrl-C handler installs
+/// its own; a crash handler that another static constructor installed
+/// earlier (the order across files is unspecified), or that a host program
+/// installed before loading coshard in a plugin, is captured too.
 struct startup_signal_handlers {
   struct sigaction action[NSIG]{};
   bool is_handler[NSIG]{};
   startup_signal_handlers() {
     for (int sig = 1; sig < NSIG; ++sig) {
       if (::sigaction(sig, nullptr, &action[sig]) != 0) continue;
-      const bool siginfo = (action[sig].sa_flags & SA_SIGINFO) != 0;
-      is_handler[sig] = siginfo ? action[sig].sa_sigaction != nullptr
-                                : action[sig].sa_handler != SIG_DFL && action[sig].sa_handler != SIG_IGN;
+      // sa_handler and sa_sigaction share storage: SIG_DFL and SIG_IGN read
+      // the same through either.
+      is_handler[sig] = action[sig].sa_handler != SIG_DFL && action[sig].sa_handler != SIG_IGN;
     }
   }
 };

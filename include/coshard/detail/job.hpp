@@ -195,9 +195,8 @@ class job {
     wake_.reset();
     // A forced shutdown kills the workers under the job: whatever it saw
     // first (the cancel, a lost worker, an item convicted by the kill), it
-    // ends as documented.
-    if ((cancelled_ || failure_ || item_failure_) && workers_.forced_shutdown())
-      throw pool_error("coshard: the pool was shut down (forced) while the job ran");
+    // ends as documented. A job that had failed before keeps its error.
+    if (cut_by_forced_shutdown_) throw pool_error("coshard: the pool was shut down (forced) while the job ran");
     if (cancelled_) throw std::system_error(asio::error::operation_aborted, "coshard: job cancelled");
     if (failure_) std::rethrow_exception(failure_);
     if (item_failure_) std::rethrow_exception(item_failure_);
@@ -213,6 +212,7 @@ class job {
   /// job complete with operation_aborted. Call on the job's executor.
   void cancel() {
     if (cancelled_) return;
+    note_stop_cause();
     cancelled_ = true;
     for (auto& ch : channels_)
       if (ch.sock && ch.reading) {
@@ -235,7 +235,14 @@ class job {
   }
 
   // A pool-level failure wins over item failures; the first one is kept.
+  // Called where the job first learns it is stopping: was that a forced
+  // shutdown cutting it short?
+  void note_stop_cause() {
+    if (!cancelled_ && !failure_ && !item_failure_ && workers_.forced_shutdown()) cut_by_forced_shutdown_ = true;
+  }
+
   void fail(std::exception_ptr e) {
+    note_stop_cause();
     if (!failure_) failure_ = e;
     notify();
   }
@@ -243,6 +250,7 @@ class job {
   // Settled jobs keep going; others stop at the first failure and report the
   // lowest failing index seen.
   void fail_item(std::uint64_t index, std::exception_ptr e) {
+    note_stop_cause();
     if constexpr (Collector::settled) {
       collector_.set_error(static_cast<std::size_t>(index), std::move(e));
     } else {
@@ -801,6 +809,7 @@ class job {
   std::uint64_t next_batch_id_ = 0;
   bool input_done_ = false;
   bool cancelled_ = false;
+  bool cut_by_forced_shutdown_ = false;
   std::vector<byte_buffer> spare_;
   std::exception_ptr failure_;
   std::exception_ptr item_failure_;

@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "coshard/detail/worker_set.hpp"
@@ -78,6 +79,10 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     if (busy_)
       throw pool_error("coshard: this process_pool is already running a job; "
                        "wait for it to finish or use a second pool");
+    {
+      std::lock_guard cancel_lock(cancel_mutex_);
+      cancel_pending_ = false;  // a cancel from before this job is not for it
+    }
     busy_ = true;
     job_loop_thread_ = std::move(loop_thread);
   }
@@ -101,15 +106,22 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
         if (auto t = target.lock(); t && *t) (*t)();
       });
     };
+    // A cancel (or a shutdown) that came between claim() and now.
+    if (std::exchange(cancel_pending_, false)) cancel_current_();
   }
   void clear_canceller() {
     std::lock_guard lock(cancel_mutex_);
     cancel_current_ = nullptr;
   }
 
+  /// Cancels the running job; a job claimed but not yet reachable is
+  /// cancelled as soon as it is (set_canceller). Without a job it does nothing.
   void cancel() {
     std::lock_guard lock(cancel_mutex_);
-    if (cancel_current_) cancel_current_();
+    if (cancel_current_)
+      cancel_current_();
+    else
+      cancel_pending_ = true;  // cleared by the next claim() if no job is starting
   }
 
   /// The pool-owned loop for handlers without an io executor, started on
@@ -218,6 +230,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   std::function<bool()> job_loop_thread_;
   std::mutex cancel_mutex_;
   std::function<void()> cancel_current_;
+  bool cancel_pending_ = false;  // guarded by cancel_mutex_
   std::mutex background_mutex_;
   asio::io_context background_{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> background_guard_;

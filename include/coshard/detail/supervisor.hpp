@@ -523,10 +523,13 @@ class supervisor_link {
       }
       if (r < 0 || fds[1].revents || (fds[0].revents & (POLLHUP | POLLERR))) {
         // It exited (or closed its end) without a word.
+        // Peeked, not reaped (WNOWAIT): its process group is killed below,
+        // before its pid can be reused.
         siginfo_t info{};
         wait_readable(pidfd_, std::chrono::milliseconds(1000));
         const bool reaped =
-            ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_), &info, WEXITED | WNOHANG) == 0 &&
+            ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_), &info,
+                     WEXITED | WNOHANG | WNOWAIT) == 0 &&
             info.si_pid != 0;
         failure = "coshard: the supervisor process ended before it served (" +
                   (reaped ? (info.si_code == CLD_EXITED ? "exited with code " + std::to_string(info.si_status)
