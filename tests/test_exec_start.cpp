@@ -10,6 +10,7 @@
 #include <asio/co_spawn.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -253,6 +254,19 @@ TEST_CASE("exec: a program whose main does not call serve_if_worker gets a clear
     ::unsetenv("COSHARD_SUPERVISOR_OF");
   }
   CHECK(child_pids().empty());
+}
+
+TEST_CASE("exec: an initializer the re-run program lacks (defined in a plugin) is a clear pool_error") {
+  void* plugin = ::dlopen(COSHARD_LATE_PLUGIN, RTLD_NOW | RTLD_LOCAL);
+  REQUIRE(plugin);
+  auto build = reinterpret_cast<void (*)()>(::dlsym(plugin, "coshard_late_plugin_exec_pool"));
+  REQUIRE(build);
+  CHECK_THROWS_AS(build(), coshard::pool_error);
+  CHECK_THROWS_WITH(build(), Catch::Contains("the supervisor process could not start") &&
+                                 Catch::Contains("unknown initializer entry id") &&
+                                 Catch::Contains("not the same binary"));
+  CHECK(child_pids().empty());
+  // Never unloaded: the registries keep pointers into it.
 }
 
 TEST_CASE("exec: a lock another thread of the caller holds does not reach the workers") {

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <optional>
 #include <ranges>
+#include <stop_token>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -29,6 +30,7 @@
 #include "coshard/detail/pool_core.hpp"
 #include "coshard/detail/process_local.hpp"
 #include "coshard/errors.hpp"
+#include "coshard/job_options.hpp"
 #include "coshard/keyed_reduce.hpp"
 #include "coshard/outcome.hpp"
 #include "coshard/pool_options.hpp"
@@ -90,6 +92,9 @@ template <class Range>
 using input_of = std::ranges::range_value_t<Range>;
 template <class Source>
 using source_input_of = std::ranges::range_value_t<typename Source::range_type&>;
+// The map a keyed reduce's function returns.
+template <class F, class S, class T>
+using keyed_result_t = typename task_traits<F, S, T>::result_type;
 
 }  // namespace detail
 
@@ -99,8 +104,9 @@ using source_input_of = std::ranges::range_value_t<typename Source::range_type&>
 /// worker, plain functions inline) and their results or partial reductions
 /// come back to the caller.
 ///
-/// One job runs at a time per pool: starting a second while one runs fails
-/// with pool_error. The pool must outlive the jobs it runs.
+/// Any number of jobs run at once, from any threads of the process that
+/// built the pool: a scheduler shares the workers between them. The pool
+/// must outlive the jobs it runs.
 ///
 /// Function objects cross to workers as bytes (see DESIGN.md): lambdas without
 /// captures, or capturing only trivially copyable values. Do not capture
@@ -154,28 +160,51 @@ class process_pool {
     return pids;
   }
 
+  // Every job function takes an optional `coshard::job_options` (before the
+  // completion token of an async_ form): per-job batch_size, item_timeout,
+  // max_retries and a std::stop_token. Any number of jobs, blocking and
+  // async_, from any threads of this process, run at once; the pool shares
+  // its workers between them (see DESIGN.md, "Many jobs at once").
+  //
+  // Errors, for every job: task_error for the failing item with the lowest
+  // input index (batches are cut in input order, items start in input order
+  // within a batch and every batch already sent is drained, so every item
+  // before it has run, except items of a batch waiting to be retried after a
+  // worker crash, which are not started once a failure is known; no further
+  // batch is started), worker_crashed for an item that kept killing its
+  // worker, timeout_error for one past item_timeout, whatever the input range
+  // itself throws, std::system_error(asio::error::operation_aborted) if the
+  // job was cancelled or the pool shut down gracefully under it, and
+  // pool_error for failures of the pool (shut down, a replacement that cannot
+  // start, a blocking call from the thread that runs another job of this
+  // pool).
+  //
+  // The async_ forms (completion signature `void(std::exception_ptr, V)`, V
+  // the blocking form's result) run the job on the completion handler's
+  // associated executor (the coroutine's with use_awaitable; on a strand of
+  // it), and `sink`/`reduce` in the caller run there; a handler without an io
+  // executor (use_future, a plain callback) gets it run on a thread owned by
+  // the pool. Per-operation cancellation through the handler's cancellation
+  // slot: terminal, partial and total cancellation all cancel the job, which
+  // then completes with operation_aborted once every worker has answered.
+  // Lvalue input ranges must outlive the operation; rvalue containers are
+  // moved into it. Callable from any thread of the process that built the
+  // pool.
+
   /// Applies `fn` to every input and returns the results in input order.
   /// `fn` is `R(T)` or `asio::awaitable<R>(T)`, T the range's value type.
   /// Inputs are pulled lazily in batches. Blocks the calling thread.
-  /// Throws task_error for the failing item with the lowest input index:
-  /// batches are cut in input order, items start in input order within a
-  /// batch and every batch already sent is drained, so every item before it
-  /// has run (except items of a batch waiting to be retried after a worker
-  /// crash, which are not started once a failure is known); no further batch
-  /// is started. Also worker_crashed for an item that
-  /// kept killing its worker, timeout_error for one past item_timeout,
-  /// whatever the input range itself throws, and pool_error for failures of
-  /// the pool (shut down, a replacement that cannot start).
   template <std::ranges::input_range Range, class F>
-  [[nodiscard]] auto map(Range&& inputs, F fn) {
-    return run_blocking(make_map_job(detail::make_input_source(std::forward<Range>(inputs)), fn, detail::no_shared{}));
+  [[nodiscard]] auto map(Range&& inputs, F fn, const job_options& options = {}) {
+    return run_blocking(make_map_job(source(std::forward<Range>(inputs)), fn, detail::no_shared{}, options),
+                        options);
   }
 
   /// As map(inputs, fn), calling `fn(shared, item)`; `shared` is sent to each
   /// worker once per job, not once per item.
   template <std::ranges::input_range Range, class F, class S>
-  [[nodiscard]] auto map(Range&& inputs, F fn, const S& shared) {
-    return run_blocking(make_map_job(detail::make_input_source(std::forward<Range>(inputs)), fn, shared));
+  [[nodiscard]] auto map(Range&& inputs, F fn, const S& shared, const job_options& options = {}) {
+    return run_blocking(make_map_job(source(std::forward<Range>(inputs)), fn, shared, options), options);
   }
 
   /// Like map, but every item settles on its own: the result is one
@@ -184,51 +213,52 @@ class process_pool {
   /// not stop the others. Throws pool_error only for failures of the pool
   /// itself, and operation_aborted (std::system_error) if cancelled.
   template <std::ranges::input_range Range, class F>
-  [[nodiscard]] auto map_settled(Range&& inputs, F fn) {
-    return run_blocking(make_settled_job(detail::make_input_source(std::forward<Range>(inputs)), fn));
+  [[nodiscard]] auto map_settled(Range&& inputs, F fn, const job_options& options = {}) {
+    return run_blocking(make_settled_job(source(std::forward<Range>(inputs)), fn, detail::no_shared{}, options),
+                        options);
   }
 
-  /// Asynchronous map_settled; completion signature
-  /// `void(std::exception_ptr, std::vector<coshard::outcome<R>>)`.
-  template <std::ranges::input_range Range, class F, class CompletionToken>
-  auto async_map_settled(Range&& inputs, F fn, CompletionToken&& token) {
-    auto j = make_settled_job(detail::make_input_source(std::forward<Range>(inputs)), fn);
-    return launch(std::move(j), std::forward<CompletionToken>(token));
+  /// map_settled with a broadcast `shared` value, passed as fn(shared, item).
+  template <std::ranges::input_range Range, class F, class S>
+  [[nodiscard]] auto map_settled(Range&& inputs, F fn, const S& shared, const job_options& options = {}) {
+    return run_blocking(make_settled_job(source(std::forward<Range>(inputs)), fn, shared, options), options);
   }
-
-  /// Cancels the job running on this pool, if any; callable from any thread
-  /// (e.g. from a std::stop_callback). Queued batches are dropped, workers
-  /// cancel their running coroutines, and the job's call completes with
-  /// std::system_error(asio::error::operation_aborted) once every worker has
-  /// answered. The pool stays usable. Plain functions already running finish.
-  void cancel() { core_->cancel(); }
 
   /// Applies `fn` to every input and folds the results with `reduce`, first
   /// inside each worker (one partial per batch crosses back), then in the
   /// caller. `init` must be an identity of `reduce` (0 for +, an empty map
   /// for merges): every batch starts from it. `reduce` must be associative and
   /// commutative, callable as reduce(Acc, R) and reduce(Acc, Acc), and
-  /// shippable like `fn`. Errors as for map.
+  /// shippable like `fn`.
   template <std::ranges::input_range Range, class F, class Reduce, class Acc>
-  [[nodiscard]] Acc map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init) {
-    return run_blocking(make_reduce_job(detail::make_input_source(std::forward<Range>(inputs)), fn, reduce,
-                                        std::move(init), detail::no_shared{}));
+  [[nodiscard]] Acc map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, const job_options& options = {}) {
+    return run_blocking(make_reduce_job(source(std::forward<Range>(inputs)), fn, reduce, std::move(init),
+                                        detail::no_shared{}, options),
+                        options);
   }
 
   /// map_reduce with a broadcast `shared` value, passed as fn(shared, item).
   template <std::ranges::input_range Range, class F, class Reduce, class Acc, class S>
-  [[nodiscard]] Acc map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, const S& shared) {
-    return run_blocking(make_reduce_job(detail::make_input_source(std::forward<Range>(inputs)), fn, reduce,
-                                        std::move(init), shared));
+  [[nodiscard]] Acc map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, const S& shared,
+                               const job_options& options = {}) {
+    return run_blocking(
+        make_reduce_job(source(std::forward<Range>(inputs)), fn, reduce, std::move(init), shared, options), options);
   }
 
   /// Keyed reduce: `fn` returns a map (e.g. word -> count) per input; the maps
   /// are merged with `combine` on equal keys, in the workers and then here.
   template <std::ranges::input_range Range, class F, class Combine = std::plus<>>
-  [[nodiscard]] auto map_reduce_by_key(Range&& inputs, F fn, Combine combine = {}) {
-    using map_type = typename detail::task_traits<F, detail::no_shared,
-                                                  detail::input_of<Range>>::result_type;
-    return map_reduce(std::forward<Range>(inputs), fn, merge_maps<Combine>{combine}, map_type{});
+  [[nodiscard]] auto map_reduce_by_key(Range&& inputs, F fn, Combine combine = {}, const job_options& options = {}) {
+    using map_type = detail::keyed_result_t<F, detail::no_shared, detail::input_of<Range>>;
+    return map_reduce(std::forward<Range>(inputs), fn, merge_maps<Combine>{combine}, map_type{}, options);
+  }
+
+  /// map_reduce_by_key with a broadcast `shared` value, passed as fn(shared, item).
+  template <std::ranges::input_range Range, class F, class Combine, class S>
+  [[nodiscard]] auto map_reduce_by_key(Range&& inputs, F fn, Combine combine, const S& shared,
+                                       const job_options& options = {}) {
+    using map_type = detail::keyed_result_t<F, S, detail::input_of<Range>>;
+    return map_reduce(std::forward<Range>(inputs), fn, merge_maps<Combine>{combine}, map_type{}, shared, options);
   }
 
   /// Streams results in completion order: `sink(index, result)` runs in the
@@ -236,44 +266,160 @@ class process_pool {
   /// finished item as early as possible). Returns how many results were
   /// delivered. An exception from `sink` stops the job and is rethrown.
   template <std::ranges::input_range Range, class F, class Sink>
-  std::size_t for_each_result(Range&& inputs, F fn, Sink sink) {
-    return run_blocking(make_sink_job(detail::make_input_source(std::forward<Range>(inputs)), fn, std::move(sink)));
+  std::size_t for_each_result(Range&& inputs, F fn, Sink sink, const job_options& options = {}) {
+    return run_blocking(
+        make_sink_job(source(std::forward<Range>(inputs)), fn, std::move(sink), detail::no_shared{}, options),
+        options);
   }
 
-  /// Asynchronous map. Completion signature:
-  /// `void(std::exception_ptr, std::vector<R>)`. The job runs on the completion
-  /// handler's associated executor (e.g. the coroutine's with use_awaitable);
-  /// a handler without an io executor (use_future, a plain callback) gets it
-  /// run on a thread owned by the pool. Lvalue inputs must outlive the
-  /// operation; rvalue containers are moved into it. Errors as for map, in the
-  /// exception_ptr.
+  /// for_each_result with a broadcast `shared` value, passed as fn(shared, item).
+  template <std::ranges::input_range Range, class F, class Sink, class S>
+  std::size_t for_each_result(Range&& inputs, F fn, Sink sink, const S& shared, const job_options& options = {}) {
+    return run_blocking(make_sink_job(source(std::forward<Range>(inputs)), fn, std::move(sink), shared, options),
+                        options);
+  }
+
+  /// Cancels every job running on this pool; callable from any thread
+  /// (e.g. from a std::stop_callback). Queued batches are dropped, workers
+  /// cancel their running coroutines, and each job's call completes with
+  /// std::system_error(asio::error::operation_aborted) once every worker has
+  /// answered. The pool stays usable. Plain functions already running finish.
+  /// To cancel one job only, use its completion token's cancellation slot or
+  /// job_options::stop_token.
+  void cancel() { core_->cancel(); }
+
+  /// Asynchronous map; completion signature
+  /// `void(std::exception_ptr, std::vector<R>)`.
   template <std::ranges::input_range Range, class F, class CompletionToken>
   auto async_map(Range&& inputs, F fn, CompletionToken&& token) {
-    auto j = make_map_job(detail::make_input_source(std::forward<Range>(inputs)), fn, detail::no_shared{});
-    return launch(std::move(j), std::forward<CompletionToken>(token));
+    return async_map(std::forward<Range>(inputs), fn, job_options{}, std::forward<CompletionToken>(token));
   }
-
-  /// Asynchronous map with a shared value; see async_map.
+  /// async_map with job options.
+  template <std::ranges::input_range Range, class F, class CompletionToken>
+  auto async_map(Range&& inputs, F fn, const job_options& options, CompletionToken&& token) {
+    return launch(make_map_job(source(std::forward<Range>(inputs)), fn, detail::no_shared{}, options), options,
+                  std::forward<CompletionToken>(token));
+  }
+  /// async_map with a broadcast `shared` value.
   template <std::ranges::input_range Range, class F, class S, class CompletionToken>
   auto async_map(Range&& inputs, F fn, const S& shared, CompletionToken&& token) {
-    auto j = make_map_job(detail::make_input_source(std::forward<Range>(inputs)), fn, shared);
-    return launch(std::move(j), std::forward<CompletionToken>(token));
+    return async_map(std::forward<Range>(inputs), fn, shared, job_options{}, std::forward<CompletionToken>(token));
+  }
+  /// async_map with a broadcast `shared` value and job options.
+  template <std::ranges::input_range Range, class F, class S, class CompletionToken>
+  auto async_map(Range&& inputs, F fn, const S& shared, const job_options& options, CompletionToken&& token) {
+    return launch(make_map_job(source(std::forward<Range>(inputs)), fn, shared, options), options,
+                  std::forward<CompletionToken>(token));
+  }
+
+  /// Asynchronous map_settled; completion signature
+  /// `void(std::exception_ptr, std::vector<coshard::outcome<R>>)`.
+  template <std::ranges::input_range Range, class F, class CompletionToken>
+  auto async_map_settled(Range&& inputs, F fn, CompletionToken&& token) {
+    return async_map_settled(std::forward<Range>(inputs), fn, job_options{}, std::forward<CompletionToken>(token));
+  }
+  /// async_map_settled with job options.
+  template <std::ranges::input_range Range, class F, class CompletionToken>
+  auto async_map_settled(Range&& inputs, F fn, const job_options& options, CompletionToken&& token) {
+    return launch(make_settled_job(source(std::forward<Range>(inputs)), fn, detail::no_shared{}, options), options,
+                  std::forward<CompletionToken>(token));
+  }
+  /// async_map_settled with a broadcast `shared` value.
+  template <std::ranges::input_range Range, class F, class S, class CompletionToken>
+  auto async_map_settled(Range&& inputs, F fn, const S& shared, CompletionToken&& token) {
+    return async_map_settled(std::forward<Range>(inputs), fn, shared, job_options{},
+                             std::forward<CompletionToken>(token));
+  }
+  /// async_map_settled with a broadcast `shared` value and job options.
+  template <std::ranges::input_range Range, class F, class S, class CompletionToken>
+  auto async_map_settled(Range&& inputs, F fn, const S& shared, const job_options& options, CompletionToken&& token) {
+    return launch(make_settled_job(source(std::forward<Range>(inputs)), fn, shared, options), options,
+                  std::forward<CompletionToken>(token));
   }
 
   /// Asynchronous map_reduce; completion signature `void(std::exception_ptr, Acc)`.
   template <std::ranges::input_range Range, class F, class Reduce, class Acc, class CompletionToken>
   auto async_map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, CompletionToken&& token) {
-    auto j = make_reduce_job(detail::make_input_source(std::forward<Range>(inputs)), fn, reduce, std::move(init),
-                             detail::no_shared{});
-    return launch(std::move(j), std::forward<CompletionToken>(token));
+    return async_map_reduce(std::forward<Range>(inputs), fn, reduce, std::move(init), job_options{},
+                            std::forward<CompletionToken>(token));
+  }
+  /// async_map_reduce with job options.
+  template <std::ranges::input_range Range, class F, class Reduce, class Acc, class CompletionToken>
+  auto async_map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, const job_options& options,
+                        CompletionToken&& token) {
+    return launch(make_reduce_job(source(std::forward<Range>(inputs)), fn, reduce, std::move(init),
+                                  detail::no_shared{}, options),
+                  options, std::forward<CompletionToken>(token));
+  }
+  /// async_map_reduce with a broadcast `shared` value.
+  template <std::ranges::input_range Range, class F, class Reduce, class Acc, class S, class CompletionToken>
+  auto async_map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, const S& shared, CompletionToken&& token) {
+    return async_map_reduce(std::forward<Range>(inputs), fn, reduce, std::move(init), shared, job_options{},
+                            std::forward<CompletionToken>(token));
+  }
+  /// async_map_reduce with a broadcast `shared` value and job options.
+  template <std::ranges::input_range Range, class F, class Reduce, class Acc, class S, class CompletionToken>
+  auto async_map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, const S& shared, const job_options& options,
+                        CompletionToken&& token) {
+    return launch(make_reduce_job(source(std::forward<Range>(inputs)), fn, reduce, std::move(init), shared, options),
+                  options, std::forward<CompletionToken>(token));
+  }
+
+  /// Asynchronous map_reduce_by_key; completion signature
+  /// `void(std::exception_ptr, Map)`, Map the type `fn` returns.
+  template <std::ranges::input_range Range, class F, class Combine, class CompletionToken>
+  auto async_map_reduce_by_key(Range&& inputs, F fn, Combine combine, CompletionToken&& token) {
+    return async_map_reduce_by_key(std::forward<Range>(inputs), fn, combine, job_options{},
+                                   std::forward<CompletionToken>(token));
+  }
+  /// async_map_reduce_by_key with job options.
+  template <std::ranges::input_range Range, class F, class Combine, class CompletionToken>
+  auto async_map_reduce_by_key(Range&& inputs, F fn, Combine combine, const job_options& options,
+                               CompletionToken&& token) {
+    using map_type = detail::keyed_result_t<F, detail::no_shared, detail::input_of<Range>>;
+    return async_map_reduce(std::forward<Range>(inputs), fn, merge_maps<Combine>{combine}, map_type{}, options,
+                            std::forward<CompletionToken>(token));
+  }
+  /// async_map_reduce_by_key with a broadcast `shared` value.
+  template <std::ranges::input_range Range, class F, class Combine, class S, class CompletionToken>
+  auto async_map_reduce_by_key(Range&& inputs, F fn, Combine combine, const S& shared, CompletionToken&& token) {
+    return async_map_reduce_by_key(std::forward<Range>(inputs), fn, combine, shared, job_options{},
+                                   std::forward<CompletionToken>(token));
+  }
+  /// async_map_reduce_by_key with a broadcast `shared` value and job options.
+  template <std::ranges::input_range Range, class F, class Combine, class S, class CompletionToken>
+  auto async_map_reduce_by_key(Range&& inputs, F fn, Combine combine, const S& shared, const job_options& options,
+                               CompletionToken&& token) {
+    using map_type = detail::keyed_result_t<F, S, detail::input_of<Range>>;
+    return async_map_reduce(std::forward<Range>(inputs), fn, merge_maps<Combine>{combine}, map_type{}, shared,
+                            options, std::forward<CompletionToken>(token));
   }
 
   /// Asynchronous for_each_result; `sink` runs on the job's executor.
   /// Completion signature `void(std::exception_ptr, std::size_t)`.
   template <std::ranges::input_range Range, class F, class Sink, class CompletionToken>
   auto async_for_each_result(Range&& inputs, F fn, Sink sink, CompletionToken&& token) {
-    auto j = make_sink_job(detail::make_input_source(std::forward<Range>(inputs)), fn, std::move(sink));
-    return launch(std::move(j), std::forward<CompletionToken>(token));
+    return async_for_each_result(std::forward<Range>(inputs), fn, std::move(sink), job_options{},
+                                 std::forward<CompletionToken>(token));
+  }
+  /// async_for_each_result with job options.
+  template <std::ranges::input_range Range, class F, class Sink, class CompletionToken>
+  auto async_for_each_result(Range&& inputs, F fn, Sink sink, const job_options& options, CompletionToken&& token) {
+    return launch(make_sink_job(source(std::forward<Range>(inputs)), fn, std::move(sink), detail::no_shared{}, options),
+                  options, std::forward<CompletionToken>(token));
+  }
+  /// async_for_each_result with a broadcast `shared` value.
+  template <std::ranges::input_range Range, class F, class Sink, class S, class CompletionToken>
+  auto async_for_each_result(Range&& inputs, F fn, Sink sink, const S& shared, CompletionToken&& token) {
+    return async_for_each_result(std::forward<Range>(inputs), fn, std::move(sink), shared, job_options{},
+                                 std::forward<CompletionToken>(token));
+  }
+  /// async_for_each_result with a broadcast `shared` value and job options.
+  template <std::ranges::input_range Range, class F, class Sink, class S, class CompletionToken>
+  auto async_for_each_result(Range&& inputs, F fn, Sink sink, const S& shared, const job_options& options,
+                             CompletionToken&& token) {
+    return launch(make_sink_job(source(std::forward<Range>(inputs)), fn, std::move(sink), shared, options), options,
+                  std::forward<CompletionToken>(token));
   }
 
  private:
@@ -282,32 +428,44 @@ class process_pool {
     return o;
   }
 
+  template <class Range>
+  static auto source(Range&& inputs) {
+    return detail::make_input_source(std::forward<Range>(inputs));
+  }
+
+  template <class Spec, class View, class Collector, class... Parts>
+  auto make_job(View view, Collector collector, const job_options& options, const Parts&... parts) {
+    detail::job_settings settings(core_->workers.options(), options);
+    auto start = detail::encode_job_start<Spec>(parts..., settings.item_timeout);
+    return detail::job<Spec, View, Collector>(core_->workers, core_->scheduler, settings, ++core_->job_counter,
+                                              std::move(view), std::move(start), std::move(collector));
+  }
+
   template <class View, class F, class S>
-  auto make_map_job(View view, const F& fn, const S& shared) {
+  auto make_map_job(View view, const F& fn, const S& shared, const job_options& options) {
     using T = detail::source_input_of<View>;
     static_assert(detail::check_task<F, S, T>());
     using spec = detail::job_spec<F, T, S, detail::no_reduce, detail::no_reduce>;
     using R = typename spec::result_type;
     static_assert(std::is_default_constructible_v<R>,
                   "coshard: map results must be default constructible (they are placed by index)");
-    return detail::job<spec, View, detail::ordered_collector<R>>(
-        core_->workers, ++core_->job_counter, std::move(view),
-        detail::encode_job_start<spec>(fn, {}, shared, {}), detail::ordered_collector<R>{});
+    return make_job<spec>(std::move(view), detail::ordered_collector<R>{}, options, fn, detail::no_reduce{}, shared,
+                          detail::no_reduce{});
   }
 
-  template <class View, class F>
-  auto make_settled_job(View view, const F& fn) {
+  template <class View, class F, class S>
+  auto make_settled_job(View view, const F& fn, const S& shared, const job_options& options) {
     using T = detail::source_input_of<View>;
-    static_assert(detail::check_task<F, detail::no_shared, T>());
-    using spec = detail::job_spec<F, T, detail::no_shared, detail::no_reduce, detail::no_reduce, true>;
+    static_assert(detail::check_task<F, S, T>());
+    using spec = detail::job_spec<F, T, S, detail::no_reduce, detail::no_reduce, true>;
     using R = typename spec::result_type;
-    return detail::job<spec, View, detail::settled_collector<R>>(
-        core_->workers, ++core_->job_counter, std::move(view),
-        detail::encode_job_start<spec>(fn, {}, detail::no_shared{}, {}), detail::settled_collector<R>{});
+    return make_job<spec>(std::move(view), detail::settled_collector<R>{}, options, fn, detail::no_reduce{}, shared,
+                          detail::no_reduce{});
   }
 
   template <class View, class F, class Reduce, class Acc, class S>
-  auto make_reduce_job(View view, const F& fn, const Reduce& reduce, Acc init, const S& shared) {
+  auto make_reduce_job(View view, const F& fn, const Reduce& reduce, Acc init, const S& shared,
+                       const job_options& options) {
     using T = detail::source_input_of<View>;
     static_assert(detail::check_task<F, S, T>());
     static_assert(std::is_class_v<Reduce> && std::is_trivially_copyable_v<Reduce>,
@@ -324,50 +482,49 @@ class process_pool {
                   "coshard: reduce(Acc, R) must be callable and return the accumulator type");
     static_assert(std::is_invocable_r_v<Acc, const Reduce&, Acc&&, Acc&&>,
                   "coshard: reduce(Acc, Acc) must be callable to fold the workers' partials");
-    auto start = detail::encode_job_start<spec>(fn, reduce, shared, init);
-    return detail::job<spec, View, detail::reduce_collector<Acc, Reduce>>(
-        core_->workers, ++core_->job_counter, std::move(view), std::move(start),
-        detail::reduce_collector<Acc, Reduce>(reduce, std::move(init)));
+    auto collector = detail::reduce_collector<Acc, Reduce>(reduce, init);
+    return make_job<spec>(std::move(view), std::move(collector), options, fn, reduce, shared, init);
   }
 
-  template <class View, class F, class Sink>
-  auto make_sink_job(View view, const F& fn, Sink sink) {
+  template <class View, class F, class Sink, class S>
+  auto make_sink_job(View view, const F& fn, Sink sink, const S& shared, const job_options& options) {
     using T = detail::source_input_of<View>;
-    static_assert(detail::check_task<F, detail::no_shared, T>());
-    using spec = detail::job_spec<F, T, detail::no_shared, detail::no_reduce, detail::no_reduce>;
+    static_assert(detail::check_task<F, S, T>());
+    using spec = detail::job_spec<F, T, S, detail::no_reduce, detail::no_reduce>;
     using R = typename spec::result_type;
     static_assert(std::is_invocable_v<Sink&, std::size_t, R&&>,
                   "coshard: the sink must be callable as sink(std::size_t index, R&& result)");
-    return detail::job<spec, View, detail::sink_collector<R, Sink>>(
-        core_->workers, ++core_->job_counter, std::move(view),
-        detail::encode_job_start<spec>(fn, {}, detail::no_shared{}, {}),
-        detail::sink_collector<R, Sink>(std::move(sink)));
+    return make_job<spec>(std::move(view), detail::sink_collector<R, Sink>(std::move(sink)), options, fn,
+                          detail::no_reduce{}, shared, detail::no_reduce{});
   }
 
-  // Holds the pool busy for one job and lets cancel() and shutdown() reach it.
+  // Registers one job with the pool and lets cancel(), shutdown() and the
+  // job's stop_token reach it.
   class job_scope {
    public:
     template <class Job, class Executor>
-    job_scope(detail::pool_core& core, Job& j, Executor ex, std::function<bool()> loop_thread, bool claimed)
-        : core_(core), claimed_(claimed), target_(std::make_shared<std::function<void()>>([&j] { j.cancel(); })) {
-      if (!claimed_) {
-        core_.claim(std::move(loop_thread));
-        claimed_ = true;
-      }
-      core_.set_canceller(ex, target_);
+    job_scope(detail::pool_core& core, Job& j, Executor ex, std::function<bool()> loop_thread,
+              std::optional<detail::pool_core::job_ticket> claimed, std::stop_token stop)
+        : core_(core),
+          ticket_(claimed ? *claimed : core.claim(std::move(loop_thread), /*blocking=*/false)),
+          target_(std::make_shared<std::function<void()>>([&j] { j.cancel(); })) {
+      auto post_cancel = core_.set_canceller(ticket_, ex, target_);
+      if (stop.stop_possible()) on_stop_.emplace(std::move(stop), std::move(post_cancel));
     }
     ~job_scope() {
-      core_.clear_canceller();
+      on_stop_.reset();
+      core_.clear_canceller(ticket_);
       *target_ = nullptr;
-      core_.release();
+      core_.release(ticket_);
     }
     job_scope(const job_scope&) = delete;
     job_scope& operator=(const job_scope&) = delete;
 
    private:
     detail::pool_core& core_;
-    bool claimed_;
+    detail::pool_core::job_ticket ticket_;
     std::shared_ptr<std::function<void()>> target_;
+    std::optional<std::stop_callback<std::function<void()>>> on_stop_;
   };
 
   // The coroutine holds the core: a job outlives a pool destroyed under it
@@ -377,54 +534,64 @@ class process_pool {
   template <class Job>
   static asio::awaitable<typename Job::value_type> run_guarded(std::shared_ptr<detail::pool_core> core, Job j,
                                                                asio::io_context* home,
-                                                               std::function<bool()> loop_thread) {
+                                                               std::function<bool()> loop_thread,
+                                                               std::optional<detail::pool_core::job_ticket> claimed,
+                                                               std::stop_token stop) {
     auto ex = co_await asio::this_coro::executor;
-    // run_blocking claimed the pool already, before touching its loop.
-    job_scope scope(*core, j, ex, std::move(loop_thread), home == &core->io);
+    job_scope scope(*core, j, ex, std::move(loop_thread), claimed, std::move(stop));
     if (home) j.keep_sockets_on(*home);
     co_return co_await j.run();
   }
 
+  // Runs the job on the calling thread: on the pool's own io_context if no
+  // other blocking call uses it now, else on an io_context of its own.
   template <class Job>
-  typename Job::value_type run_blocking(Job j) {
+  typename Job::value_type run_blocking(Job j, const job_options& options) {
     std::shared_ptr<detail::pool_core> core = core_;
-    // Claimed before io is touched: a second thread's blocking call must
-    // fail here, not run this job's handlers on its own thread.
-    auto probe = detail::loop_thread_probe(core->io.get_executor());
-    core->claim(probe);
+    std::function<bool()> on_this_thread = [id = std::this_thread::get_id()] { return std::this_thread::get_id() == id; };
+    const auto ticket = core->claim(on_this_thread, /*blocking=*/true);
+    const bool home = core->take_home();
+    std::optional<asio::io_context> own;
+    asio::io_context& io = home ? core->io : own.emplace(1);
     std::exception_ptr error;
     std::optional<typename Job::value_type> out;
     try {
       asio::co_spawn(
-          core->io,
+          io,
           [&]() -> asio::awaitable<void> {
-            out.emplace(co_await run_guarded(core, std::move(j), &core->io, probe));
+            out.emplace(co_await run_guarded(core, std::move(j), home ? &core->io : nullptr, on_this_thread, ticket,
+                                             options.stop_token));
           },
           [&](std::exception_ptr e) { error = e; });
     } catch (...) {
-      core->release();
+      if (home) core->give_back_home();
+      core->release(ticket);
       throw;
     }
-    core->io.restart();
-    core->io.run();
+    io.restart();
+    io.run();
+    if (home) core->give_back_home();
     if (error) std::rethrow_exception(error);
     return std::move(*out);
   }
 
   template <class Job, class CompletionToken>
-  auto launch(Job j, CompletionToken&& token) {
+  auto launch(Job j, const job_options& options, CompletionToken&& token) {
     using value_type = typename Job::value_type;
     return asio::async_initiate<CompletionToken, void(std::exception_ptr, value_type)>(
-        [core = core_](auto handler, Job j) {
+        [core = core_](auto handler, Job j, std::stop_token stop) {
           using handler_type = decltype(handler);
           using own_executor = asio::associated_executor_t<handler_type, asio::system_executor>;
           if constexpr (detail::is_io_executor<own_executor>::value) {
             auto ex = asio::make_strand(asio::get_associated_executor(handler));
             auto probe = detail::loop_thread_probe(ex);
-            asio::co_spawn(ex, run_guarded(core, std::move(j), nullptr, std::move(probe)), std::move(handler));
+            asio::co_spawn(ex, run_guarded(core, std::move(j), nullptr, std::move(probe), std::nullopt, std::move(stop)),
+                           std::move(handler));
           } else if (auto ex = core->background_executor()) {
             auto probe = detail::loop_thread_probe(*ex);
-            asio::co_spawn(*ex, run_guarded(core, std::move(j), &core->background_context(), std::move(probe)),
+            asio::co_spawn(*ex,
+                           run_guarded(core, std::move(j), &core->background_context(), std::move(probe), std::nullopt,
+                                       std::move(stop)),
                            std::move(handler));
           } else {
             // Shut down: the background loop is gone, so the refusal is
@@ -436,7 +603,7 @@ class process_pool {
             });
           }
         },
-        token, std::move(j));
+        token, std::move(j), options.stop_token);
   }
 
   pid_t owner_ = ::getpid();

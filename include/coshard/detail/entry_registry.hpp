@@ -27,6 +27,7 @@ class worker_context;
 
 /// The parts of a job_start frame, each still encoded.
 struct job_start_view {
+  std::uint64_t item_timeout_ns = 0;  // the job's item_timeout (0: none)
   std::span<const std::byte> fn;
   std::span<const std::byte> reduce;
   std::span<const std::byte> shared;

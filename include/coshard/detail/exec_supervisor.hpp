@@ -53,7 +53,6 @@ struct exec_settings {
   std::uint64_t slots = 0;
   std::uint64_t concurrency = 0;
   std::uint64_t max_frame_bytes = 0;
-  std::int64_t item_timeout_ns = 0;
   std::int64_t timeout_grace_ns = 0;
   std::uint64_t report_rss = 0;
   std::uint64_t initializer_id = 0;
@@ -69,7 +68,6 @@ inline std::string encode_exec_config(const pool_options& o, std::size_t slots) 
   h.slots = slots;
   h.concurrency = o.concurrency;
   h.max_frame_bytes = o.max_frame_bytes;
-  h.item_timeout_ns = std::chrono::nanoseconds(o.item_timeout).count();
   h.timeout_grace_ns = std::chrono::nanoseconds(o.timeout_grace).count();
   h.report_rss = o.max_worker_rss_bytes > 0;
   h.initializer_id = o.initializer ? shippable_access::id(o.initializer) : 0;
@@ -237,7 +235,6 @@ inline exec_inputs read_exec_inputs() {
         h.async_initializer_id, config.substr(async_at, h.async_initializer_size));
   in.base.concurrency = static_cast<std::size_t>(h.concurrency);
   in.base.max_frame_bytes = h.max_frame_bytes;
-  in.base.item_timeout = std::chrono::nanoseconds(h.item_timeout_ns);
   in.base.timeout_grace = std::chrono::nanoseconds(h.timeout_grace_ns);
   in.base.report_rss = h.report_rss != 0;
   in.base.leak_check_at_exit = true;  // a fresh image: every root is in the worker, unless...

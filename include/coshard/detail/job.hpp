@@ -7,6 +7,7 @@
 #include <asio/cancellation_state.hpp>
 #include <asio/co_spawn.hpp>
 #include <asio/local/stream_protocol.hpp>
+#include <asio/post.hpp>
 #include <asio/read.hpp>
 #include <asio/redirect_error.hpp>
 #include <asio/steady_timer.hpp>
@@ -33,17 +34,22 @@
 #include "coshard/detail/collectors.hpp"
 #include "coshard/detail/frame_io.hpp"
 #include "coshard/detail/job_runner.hpp"
+#include "coshard/detail/parent/slot_scheduler.hpp"
 #include "coshard/detail/worker_set.hpp"
+#include "coshard/job_options.hpp"
 
 namespace coshard::detail {
 
-/// Bytes of a job_start frame: entry id, then each part with its length.
+/// Bytes of a job_start frame: entry id, the job's item_timeout, then each
+/// part with its length.
 template <class Spec>
 byte_buffer encode_job_start(const typename Spec::fn_type& fn, const typename Spec::reduce_type& reduce,
                              const typename Spec::shared_type& shared,
-                             const typename Spec::acc_type& init) {
+                             const typename Spec::acc_type& init,
+                             std::chrono::milliseconds item_timeout = {}) {
   byte_buffer out;
   encode_value(out, entry<Spec>::id);
+  encode_value(out, static_cast<std::uint64_t>(std::chrono::nanoseconds(item_timeout).count()));
   auto raw = [&](const auto& obj) {
     encode_value(out, std::uint64_t{sizeof(obj)});
     out.append(std::addressof(obj), sizeof(obj));
@@ -77,7 +83,7 @@ struct batch_record {
 /// `target_batch_time` in a worker, measured from the workers' own timings.
 class batch_sizer {
  public:
-  batch_sizer(const pool_options& o, std::size_t workers, bool awaitable)
+  batch_sizer(const job_settings& o, std::size_t workers, bool awaitable)
       : fixed_(o.batch_size),
         target_ns_(static_cast<double>(std::chrono::nanoseconds(o.target_batch_time).count())),
         spread_(workers * o.batches_in_flight),
@@ -141,15 +147,19 @@ class job {
     bool reading = false;      // waiting for a reply: a cancel may interrupt the read
     bool cancel_sent = false;
     std::function<void()> interrupt;  // ends a wait for this slot's replacement
+    bool leased = false;              // this job holds the slot (slot_scheduler)
+    bool yielding = false;            // promised back: no new batches, released once drained
+    std::size_t answered_in_lease = 0;
   };
 
  public:
   using value_type = typename Collector::value_type;
 
-  job(worker_set& workers, std::uint64_t job_id, View inputs, byte_buffer job_start,
-      Collector collector)
+  job(worker_set& workers, slot_scheduler& scheduler, job_settings settings, std::uint64_t job_id, View inputs,
+      byte_buffer job_start, Collector collector)
       : workers_(workers),
-        opts_(workers.options()),
+        scheduler_(scheduler),
+        opts_(settings),
         job_id_(job_id),
         inputs_(std::move(inputs)),
         job_start_(std::move(job_start)),
@@ -170,20 +180,26 @@ class job {
                        std::to_string(job_start_.size()) + " bytes encoded, above max_frame_bytes (" +
                        std::to_string(opts_.max_frame_bytes) + ")");
     it_.emplace(std::ranges::begin(inputs_.get()));
+    if (*it_ == std::ranges::end(inputs_.get())) input_done_ = true;
     if constexpr (std::ranges::sized_range<range>) {
       total_ = static_cast<std::size_t>(std::ranges::size(inputs_.get()));
       collector_.reserve(*total_);
     }
     asio::steady_timer all_done(ex, asio::steady_timer::time_point::max());
-    wake_.emplace(ex, asio::steady_timer::time_point::max());
-    std::size_t running = channels_.size();
-    for (std::size_t i = 0; i < channels_.size(); ++i) {
-      asio::co_spawn(ex, serve(i), [&](std::exception_ptr e) {
-        if (e) fail(e);
-        if (--running == 0) all_done.cancel();
+    all_done_ = &all_done;
+    ex_ = ex;
+    // Grants after the first come through the scheduler from any thread, as
+    // a post to this job's executor; `self` tells a late one the job ended.
+    auto self = std::make_shared<job*>(this);
+    std::vector<std::size_t> now;
+    last_demand_ = demand();
+    tenant_ = scheduler_.join(last_demand_, [ex, self] {
+      asio::post(ex, [self] {
+        if (*self) (*self)->pick_up();
       });
-    }
-    while (running > 0) {
+    }, now);
+    for (std::size_t i : now) serve_slot(i);
+    while (running_ > 0 || !finished()) {
       asio::error_code ec;
       co_await all_done.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
@@ -192,7 +208,9 @@ class job {
         co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation());
       }
     }
-    wake_.reset();
+    *self = nullptr;
+    scheduler_.leave(*tenant_);
+    all_done_ = nullptr;
     // A forced shutdown kills the workers under the job: whatever it saw
     // first (the cancel, a lost worker, an item convicted by the kill), it
     // ends as documented. A job that had failed before keeps its error.
@@ -227,7 +245,7 @@ class job {
  private:
   // Awaitable items overlap only if the worker holds at least `concurrency`
   // of them; a small fixed batch size is made up for with more batches.
-  static std::size_t held_limit(const pool_options& o) {
+  static std::size_t held_limit(const job_settings& o) {
     std::size_t k = o.batches_in_flight;
     if (Spec::traits::is_awaitable && o.batch_size)
       k = std::max(k, (o.concurrency + o.batch_size - 1) / o.batch_size);
@@ -268,15 +286,85 @@ class job {
     return std::all_of(channels_.begin(), channels_.end(), [](const channel& c) { return c.held.empty(); });
   }
 
-  // Wakes workers idling in wait_for_work so they re-check what is left.
-  // Once nothing is left for any worker, slots still waiting for a
-  // replacement stop waiting: the replacement finishes starting in the
-  // background and serves the next job.
+  // After any change of what is left: tells the scheduler how many slots
+  // the job could use now, and wakes run() once nothing holds it. Once
+  // nothing is left for any worker, slots still waiting for a replacement
+  // stop waiting: the replacement finishes starting in the background and
+  // serves the next job that leases the slot.
   void notify() {
-    if (wake_) wake_->cancel();
+    update_demand();
     if (stopping() || (input_done_ && retry_.empty() && all_answered()))
       for (auto& ch : channels_)
         if (ch.interrupt) ch.interrupt();
+    if (running_ == 0 && all_done_) all_done_->cancel();
+  }
+
+  // No more work can come: run() returns once no slot is served.
+  [[nodiscard]] bool finished() const { return stopping() || (input_done_ && retry_.empty()); }
+
+  // Slots the job could keep busy now: those whose workers hold its batches,
+  // one per batch waiting to be retried, and as many as the input left
+  // would fill with batches (all of them for input of unknown size).
+  [[nodiscard]] std::size_t demand() const {
+    if (stopping()) return 0;
+    const std::size_t slots = channels_.size();
+    std::size_t want = retry_.size();
+    for (const channel& ch : channels_)
+      if (!ch.held.empty()) ++want;
+    if (!input_done_) {
+      if (total_) {
+        const std::size_t left = *total_ - std::min(*total_, next_index_);
+        const std::size_t per_batch = std::max<std::size_t>(1, sizer_.next(left));
+        want += (left + per_batch - 1) / per_batch;
+      } else {
+        want += slots;
+      }
+    }
+    return std::min(want, slots);
+  }
+
+  void update_demand() {
+    if (!tenant_) return;
+    const std::size_t d = demand();
+    if (d == last_demand_) return;
+    last_demand_ = d;
+    scheduler_.set_demand(*tenant_, d);
+  }
+
+  // Slots the scheduler granted since the last call: served, or handed
+  // straight back if the job has nothing left.
+  void pick_up() {
+    for (std::size_t i : scheduler_.take_grants(*tenant_)) {
+      if (finished())
+        scheduler_.release(*tenant_, i, false);
+      else
+        serve_slot(i);
+    }
+  }
+
+  void serve_slot(std::size_t i) {
+    channel& ch = channels_[i];
+    ch.leased = true;
+    ch.yielding = false;
+    ch.answered_in_lease = 0;
+    ++running_;
+    asio::co_spawn(ex_, serve(i), [this, i](std::exception_ptr e) {
+      if (e) fail(e);
+      channel& ch = channels_[i];
+      ch.leased = false;
+      --running_;
+      scheduler_.release(*tenant_, i, ch.yielding);
+      notify();
+    });
+  }
+
+  // At a batch boundary: whether this slot is to go to another job. Only
+  // once the lease has done some work, so leases rotating between more jobs
+  // than workers always move some batches forward.
+  bool give_way(channel& ch) {
+    if (ch.yielding) return true;
+    if (ch.answered_in_lease > 0 && tenant_->yield_hint() && scheduler_.try_yield(*tenant_)) ch.yielding = true;
+    return ch.yielding;
   }
 
   // Items this worker process may still be sent under max_items_per_worker.
@@ -477,8 +565,9 @@ class job {
     for (;;) {
       // A worker the job has nothing for is never registered with the
       // reactor (an epoll_ctl pair and an ioctl per worker per job saved),
-      // nor waited for if it is still starting.
-      if (!co_await work_may_come(ch)) co_return;
+      // nor waited for if it is still starting: the slot goes back to the
+      // scheduler.
+      if (ch.yielding || !work_may_come(ch)) co_return;
       if (!(slot.live() && slot.ready)) {
         if (workers_.closing()) {
           fail(std::make_exception_ptr(pool_error("coshard: the pool was shut down during the job")));
@@ -560,17 +649,13 @@ class job {
     return describe_wait_status(status);
   }
 
-  // Waits until this job may have a batch for an idle worker: false once it
-  // cannot (input used up and nothing to retry, or the job is stopping).
-  asio::awaitable<bool> work_may_come(const channel& ch) {
-    for (;;) {
-      if (!ch.held.empty()) co_return true;
-      if (stopping()) co_return false;
-      if (!retry_.empty() || !input_done_) co_return true;
-      if (all_answered()) co_return false;
-      asio::error_code ec;  // another worker may die and leave batches to retry
-      co_await wake_->async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    }
+  // Whether this job has a batch for the slot's worker now. If not, the
+  // slot is released; should another worker die and leave batches to retry,
+  // the demand grows and the scheduler grants a slot again.
+  [[nodiscard]] bool work_may_come(const channel& ch) const {
+    if (!ch.held.empty()) return true;
+    if (stopping()) return false;
+    return !retry_.empty() || !input_done_;
   }
 
   // Serves one worker process until the job needs no more of it; returns
@@ -587,9 +672,10 @@ class job {
     start.payload_size = job_start_.size();
     bool started = false;
     for (;;) {
-      while (can_send(ch, slot)) {
+      while (can_send(ch, slot) && !give_way(ch)) {
         std::optional<batch_record> rec = next_batch(ch, item_budget(slot));
         if (!rec) break;
+        update_demand();
         ch.held.push_back(std::move(*rec));
         const batch_record& b = ch.held.back();
         slot.items_assigned += b.count;
@@ -619,14 +705,9 @@ class job {
         co_await write_frame(sock, header(frame_type::cancel), {});
       }
       if (ch.held.empty()) {
+        if (ch.yielding) break;
         if ((slot.retire || item_budget(slot) == 0) && !stopping() && !(input_done_ && retry_.empty()))
           co_return true;
-        // Another worker may still die and leave batches to retry.
-        if (!stopping() && !all_answered()) {
-          asio::error_code ec;
-          co_await wake_->async_wait(asio::redirect_error(asio::use_awaitable, ec));
-          continue;
-        }
         if (!stopping() && !retry_.empty()) continue;
         break;
       }
@@ -657,6 +738,7 @@ class job {
       recycle(std::move(rec->payload));
       ch.held.erase(rec);
       ++answered;
+      ++ch.answered_in_lease;
       if (opts_.max_worker_rss_bytes && (std::uint64_t{h.rss_mib} << 20) > opts_.max_worker_rss_bytes)
         slot.retire = true;
       if (input_done_ && retry_.empty() && all_answered()) notify();
@@ -792,7 +874,8 @@ class job {
   }
 
   worker_set& workers_;
-  const pool_options& opts_;
+  slot_scheduler& scheduler_;
+  job_settings opts_;
   std::uint64_t job_id_;
   View inputs_;
   byte_buffer job_start_;
@@ -802,7 +885,11 @@ class job {
   std::size_t max_held_;
   std::vector<channel> channels_;
   std::deque<batch_record> retry_;
-  std::optional<asio::steady_timer> wake_;
+  std::shared_ptr<slot_scheduler::tenant> tenant_;
+  std::size_t last_demand_ = 0;
+  std::size_t running_ = 0;  // slots being served
+  asio::steady_timer* all_done_ = nullptr;
+  asio::any_io_executor ex_;
   std::optional<iterator> it_;
   std::optional<std::size_t> total_;
   std::size_t next_index_ = 0;

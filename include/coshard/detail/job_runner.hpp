@@ -503,6 +503,7 @@ class task_runner final : public job_runner {
 inline std::pair<std::uint64_t, job_start_view> parse_job_start(std::span<const std::byte> payload) {
   input_archive in(payload);
   const auto id = decode_one<std::uint64_t>(in);
+  const auto item_timeout_ns = decode_one<std::uint64_t>(in);
   auto part = [&] {
     const auto n = decode_one<std::uint64_t>(in);
     if (n > in.remaining()) throw serialization_error("coshard: truncated job_start frame");
@@ -511,6 +512,7 @@ inline std::pair<std::uint64_t, job_start_view> parse_job_start(std::span<const 
     return s;
   };
   job_start_view v;
+  v.item_timeout_ns = item_timeout_ns;
   v.fn = part();
   v.reduce = part();
   v.shared = part();

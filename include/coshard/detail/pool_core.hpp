@@ -1,6 +1,6 @@
 // coshard/detail/pool_core.hpp - what a process_pool owns, shared with its
-// running job: the workers, the event loops jobs run on, who runs a job now
-// and how to cancel it, and the bounded shutdown.
+// running jobs: the workers and their scheduler, the event loops jobs run on,
+// which jobs run now and how to cancel them, and the bounded shutdown.
 #pragma once
 
 #include "coshard/detail/asio_config.hpp"
@@ -16,6 +16,8 @@
 #include <atomic>
 #include <condition_variable>
 #include <functional>
+#include <iterator>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -24,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "coshard/detail/parent/slot_scheduler.hpp"
 #include "coshard/detail/worker_set.hpp"
 #include "coshard/errors.hpp"
 #include "coshard/pool_options.hpp"
@@ -52,7 +55,8 @@ std::function<bool()> loop_thread_probe(const Executor& ex) {
 
 class pool_core : public std::enable_shared_from_this<pool_core> {
  public:
-  explicit pool_core(const pool_options& options) : owner_(current_pid()), workers(options) {}
+  explicit pool_core(const pool_options& options)
+      : owner_(current_pid()), workers(options), scheduler(workers.slots().size()) {}
 
   pool_core(const pool_core&) = delete;
   pool_core& operator=(const pool_core&) = delete;
@@ -67,62 +71,81 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
                        "; a process forked from it cannot use it");
   }
 
-  /// Marks the pool busy for one job; a second concurrent job is refused
-  /// rather than interleaving two jobs' frames on one channel. `loop_thread`
-  /// tells whether the calling thread runs the job's event loop.
-  void claim(std::function<bool()> loop_thread) {
+  /// One running job, as cancel() and shutdown() see it.
+  struct job_entry {
+    std::function<bool()> loop_thread;  // does the calling thread run the job's loop? (empty: unknown)
+    std::function<void()> canceller;    // posts the job's cancel to its executor
+    bool cancel_pending = false;        // cancel() came before the canceller
+  };
+  using job_ticket = std::list<job_entry>::iterator;
+
+  /// Registers a job about to start. `loop_thread` tells whether the calling
+  /// thread runs the job's event loop. Throws pool_error once the pool is
+  /// shut down, and for a blocking call (`blocking`) from a thread that runs
+  /// another job of this pool: that job could not move while this one waits,
+  /// and this one may need the workers that job holds.
+  job_ticket claim(std::function<bool()> loop_thread, bool blocking) {
     check_owner();
     // Checked under the lock shutdown() closes the pool under: a job is
-    // either refused or seen busy by the shutdown.
-    std::lock_guard lock(busy_mutex_);
+    // either refused or seen running by the shutdown.
+    std::lock_guard lock(jobs_mutex_);
     if (workers.closing()) throw pool_error("coshard: this process_pool has been shut down");
-    if (busy_)
-      throw pool_error("coshard: this process_pool is already running a job; "
-                       "wait for it to finish or use a second pool");
-    {
-      std::lock_guard cancel_lock(cancel_mutex_);
-      cancel_pending_ = false;  // a cancel from before this job is not for it
-    }
-    busy_ = true;
-    job_loop_thread_ = std::move(loop_thread);
+    if (blocking)
+      for (const job_entry& e : jobs_)
+        if (e.loop_thread && e.loop_thread())
+          throw pool_error(
+              "coshard: a blocking call from the thread that runs another job of this process_pool would "
+              "wait for itself (e.g. map inside a for_each_result sink); use the async_ form there");
+    jobs_.push_back(job_entry{std::move(loop_thread), nullptr, false});
+    return std::prev(jobs_.end());
   }
 
-  void release() noexcept {
+  void release(job_ticket ticket) noexcept {
     {
-      std::lock_guard lock(busy_mutex_);
-      busy_ = false;
-      job_loop_thread_ = nullptr;
+      std::lock_guard lock(jobs_mutex_);
+      jobs_.erase(ticket);
     }
-    busy_idle_.notify_all();
+    jobs_idle_.notify_all();
   }
 
-  /// Lets cancel() reach the running job from any thread: the request is
-  /// posted to the job's executor and dropped if the job has ended by then.
+  /// Lets cancel() reach the job from any thread: the request is posted to
+  /// the job's executor and dropped if the job has ended by then. Returns
+  /// that function (also used for the job's std::stop_token).
   template <class Executor>
-  void set_canceller(Executor ex, std::weak_ptr<std::function<void()>> target) {
-    std::lock_guard lock(cancel_mutex_);
-    cancel_current_ = [ex, target] {
+  std::function<void()> set_canceller(job_ticket ticket, Executor ex, std::weak_ptr<std::function<void()>> target) {
+    std::function<void()> post_cancel = [ex, target] {
       asio::post(ex, [target] {
         if (auto t = target.lock(); t && *t) (*t)();
       });
     };
+    std::lock_guard lock(jobs_mutex_);
+    ticket->canceller = post_cancel;
     // A cancel (or a shutdown) that came between claim() and now.
-    if (std::exchange(cancel_pending_, false)) cancel_current_();
+    if (std::exchange(ticket->cancel_pending, false)) post_cancel();
+    return post_cancel;
   }
-  void clear_canceller() {
-    std::lock_guard lock(cancel_mutex_);
-    cancel_current_ = nullptr;
+  void clear_canceller(job_ticket ticket) {
+    std::lock_guard lock(jobs_mutex_);
+    ticket->canceller = nullptr;
   }
 
-  /// Cancels the running job; a job claimed but not yet reachable is
-  /// cancelled as soon as it is (set_canceller). Without a job it does nothing.
+  /// Cancels every running job; one claimed but not yet reachable is
+  /// cancelled as soon as it is (set_canceller).
   void cancel() {
-    std::lock_guard lock(cancel_mutex_);
-    if (cancel_current_)
-      cancel_current_();
-    else
-      cancel_pending_ = true;  // cleared by the next claim() if no job is starting
+    std::lock_guard lock(jobs_mutex_);
+    for (job_entry& e : jobs_) {
+      if (e.canceller)
+        e.canceller();
+      else
+        e.cancel_pending = true;
+    }
   }
+
+  /// Whether the blocking calls of this pool may use the pool's own
+  /// io_context (whose thread keeps the workers' sockets registered from job
+  /// to job): one at a time; the others run on an io_context of their own.
+  [[nodiscard]] bool take_home() noexcept { return !home_taken_.exchange(true, std::memory_order_acquire); }
+  void give_back_home() noexcept { home_taken_.store(false, std::memory_order_release); }
 
   /// The pool-owned loop for handlers without an io executor, started on
   /// first use; nullopt once the pool is shut down.
@@ -149,7 +172,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     std::lock_guard serial(shutdown_mutex_);
     const auto grace = workers.options().shutdown_timeout;
     {
-      std::lock_guard lock(busy_mutex_);
+      std::lock_guard lock(jobs_mutex_);
       workers.close(mode == shutdown_mode::forced);
     }
     if (mode == shutdown_mode::forced) workers.kill_all();
@@ -159,19 +182,21 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     }
     bool idle;
     {
-      std::unique_lock lock(busy_mutex_);
-      const bool on_job_thread = busy_ && job_loop_thread_ && job_loop_thread_();
-      // Called from the thread that runs the job (a signal handler coroutine
-      // on its io_context, a for_each_result sink): the job can only end once
-      // this call returns, so it is not waited for.
-      idle = !busy_ || (!on_job_thread && busy_idle_.wait_for(lock, grace, [&] { return !busy_; }));
+      std::unique_lock lock(jobs_mutex_);
+      const bool on_job_thread =
+          std::any_of(jobs_.begin(), jobs_.end(), [](const job_entry& e) { return e.loop_thread && e.loop_thread(); });
+      // Called from a thread that runs a job (a signal handler coroutine
+      // on its io_context, a for_each_result sink): that job can only end
+      // once this call returns, so the jobs are not waited for.
+      const auto none_left = [&] { return jobs_.empty(); };
+      idle = jobs_.empty() || (!on_job_thread && jobs_idle_.wait_for(lock, grace, none_left));
       if (!idle && !on_job_thread) {
         lock.unlock();
         workers.kill_all();
         lock.lock();
         // A job on an event loop that no longer runs never ends: it keeps
         // this core alive and is given up on here.
-        idle = busy_idle_.wait_for(lock, grace, [&] { return !busy_; });
+        idle = jobs_idle_.wait_for(lock, grace, none_left);
       }
     }
     const auto mode_grace = mode == shutdown_mode::forced ? std::chrono::milliseconds(0) : grace;
@@ -217,20 +242,19 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
 
  public:
   worker_set workers;
-  /// Blocking calls run their job here, on the calling thread.
+  /// Shares the workers between the jobs running at once.
+  slot_scheduler scheduler;
+  /// A blocking call runs its job here, on the calling thread (see take_home).
   asio::io_context io{1};
   std::atomic<std::uint64_t> job_counter{0};
 
  private:
   bool abandoned_ = false;
   std::mutex shutdown_mutex_;
-  std::mutex busy_mutex_;
-  std::condition_variable busy_idle_;
-  bool busy_ = false;
-  std::function<bool()> job_loop_thread_;
-  std::mutex cancel_mutex_;
-  std::function<void()> cancel_current_;
-  bool cancel_pending_ = false;  // guarded by cancel_mutex_
+  std::mutex jobs_mutex_;
+  std::condition_variable jobs_idle_;
+  std::list<job_entry> jobs_;  // guarded by jobs_mutex_
+  std::atomic<bool> home_taken_{false};
   std::mutex background_mutex_;
   asio::io_context background_{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> background_guard_;

@@ -43,7 +43,6 @@ struct worker_status {
 struct worker_settings {
   std::size_t concurrency = 64;
   std::uint64_t max_frame_bytes = 1ull << 30;
-  std::chrono::nanoseconds item_timeout{0};
   std::chrono::nanoseconds timeout_grace{0};
   worker_status* status = nullptr;
   // Point into the pool_options the supervisor holds (the owner's copy when
@@ -51,10 +50,11 @@ struct worker_settings {
   const coshard::shippable_function<void()>* initializer = nullptr;
   const coshard::shippable_function<asio::awaitable<void>()>* async_initializer = nullptr;
   bool report_rss = false;  // put resident memory in every reply header
-  // Run LeakSanitizer at a clean exit (sanitized builds). Only sound in a
-  // worker whose supervisor was a fresh image (start_method::exec): a worker
-  // forked from a copy of a multi-threaded owner lacks the other threads'
-  // stacks, so the owner's live objects would look leaked.
+  // Run LeakSanitizer at a clean exit (sanitized builds). Only sound where
+  // the worker holds every stack that may point at live objects: a fresh
+  // image (start_method::exec), or a copy of an owner that ran one thread.
+  // A worker forked from a copy of a multi-threaded owner lacks the other
+  // threads' stacks, so the owner's live objects would look leaked.
   bool leak_check_at_exit = false;
 };
 
@@ -69,7 +69,6 @@ class worker_process final : public worker_context {
   /// Serves frames until the parent closes the channel. Returns the process
   /// exit code: 0 on a clean EOF, non-zero after a protocol error.
   int run() {
-    if (settings_.item_timeout.count() > 0) start_watchdog();
     if (settings_.report_rss) statm_fd_ = ::open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
     asio::co_spawn(io_, serve(), [&](std::exception_ptr e) {
       if (e) exit_code_ = report(e);
@@ -93,7 +92,7 @@ class worker_process final : public worker_context {
 
   asio::io_context& io() override { return io_; }
   [[nodiscard]] std::size_t concurrency() const override { return settings_.concurrency; }
-  [[nodiscard]] std::chrono::nanoseconds item_timeout() const override { return settings_.item_timeout; }
+  [[nodiscard]] std::chrono::nanoseconds item_timeout() const override { return job_item_timeout_; }
   [[nodiscard]] std::uint64_t max_frame_bytes() const override { return settings_.max_frame_bytes; }
   item_watch& watch() override { return watch_; }
 
@@ -125,13 +124,14 @@ class worker_process final : public worker_context {
   // the shared status page and fails that item with timeout_error. It sleeps
   // until the next deadline could pass, never on a fixed tick: with no item
   // running, an item that starts later cannot be overdue before
-  // item_timeout + timeout_grace from now.
+  // item_timeout + timeout_grace from now. Started by the first job that
+  // has an item_timeout; jobs without one leave it asleep.
   void start_watchdog() {
     watchdog_ = std::thread([this] {
       const auto grace = static_cast<std::uint64_t>(settings_.timeout_grace.count());
-      const auto period = static_cast<std::uint64_t>(settings_.item_timeout.count()) + grace;
       std::unique_lock lock(watchdog_mutex_);
       while (!stop_watchdog_) {
+        const std::uint64_t period = watchdog_period_ns_ + grace;
         const std::uint64_t deadline = watch_.deadline_ns.load(std::memory_order_acquire);
         const std::uint64_t now = steady_now_ns();
         std::uint64_t wake_at = now + period;
@@ -255,6 +255,16 @@ class worker_process final : public worker_context {
     if (!make)
       throw pool_error("coshard: unknown entry id " + std::to_string(id) +
                        ": the worker does not run the same binary as the parent");
+    job_item_timeout_ = std::chrono::nanoseconds(static_cast<std::int64_t>(parts.item_timeout_ns));
+    if (parts.item_timeout_ns > 0) {
+      {
+        // The watchdog sleeps for at most the longest limit it has seen, so
+        // a job with a longer one cannot be ended early.
+        std::lock_guard lock(watchdog_mutex_);
+        watchdog_period_ns_ = std::max(watchdog_period_ns_, parts.item_timeout_ns);
+      }
+      if (!watchdog_.joinable()) start_watchdog();
+    }
     return make(*this, parts);
   }
 
@@ -293,6 +303,8 @@ class worker_process final : public worker_context {
   std::mutex watchdog_mutex_;
   std::condition_variable watchdog_wake_;
   bool stop_watchdog_ = false;
+  std::uint64_t watchdog_period_ns_ = 0;  // guarded by watchdog_mutex_
+  std::chrono::nanoseconds job_item_timeout_{0};
 };
 
 }  // namespace coshard::detail

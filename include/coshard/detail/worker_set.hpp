@@ -258,7 +258,7 @@ class worker_set {
         interrupt = nullptr;
         if (!got) {
           if (*interrupted) co_return false;
-          orphans_.push_back(std::move(s.starting));  // its descriptor, if one comes, is closed at shutdown
+          give_up_start(s);
           throw pool_error("coshard: the supervisor did not start a worker within startup_timeout (" +
                            std::to_string(opts_.startup_timeout.count()) + " ms)");
         }
@@ -364,8 +364,9 @@ class worker_set {
   }
 
   worker_settings settings(std::uint32_t slot) const {
-    return {opts_.concurrency, opts_.max_frame_bytes, opts_.item_timeout, opts_.timeout_grace,
-            pages_.at(slot), &opts_.initializer, &opts_.async_initializer, opts_.max_worker_rss_bytes > 0};
+    return {opts_.concurrency, opts_.max_frame_bytes, opts_.timeout_grace,
+            pages_.at(slot), &opts_.initializer, &opts_.async_initializer, opts_.max_worker_rss_bytes > 0,
+            owner_alone_at_fork_};
   }
 
   // Moves a worker the supervisor started into its slot (not ready yet).
@@ -409,13 +410,23 @@ class worker_set {
     if (first_failure) std::rethrow_exception(first_failure);
   }
 
+  // A start waited for too long: its descriptor, if one comes, is closed at
+  // shutdown. Jobs on several threads may give up starts at once.
+  void give_up_start(worker_slot& s) {
+    std::lock_guard lock(orphans_mutex_);
+    orphans_.push_back(std::move(s.starting));
+  }
+
   // After the supervisor is gone: descriptors of workers it started that no
   // slot took.
   void close_started() noexcept {
     std::vector<std::shared_ptr<oneshot<spawn_result>>> pending;
     for (auto& s : slots_)
       if (s.starting) pending.push_back(s.starting);
-    for (auto& started : orphans_) pending.push_back(started);
+    {
+      std::lock_guard lock(orphans_mutex_);
+      for (auto& started : orphans_) pending.push_back(started);
+    }
     for (auto& started : pending)
       if (auto r = started->peek(); r && r->fd >= 0) {
         ::shutdown(r->fd, SHUT_RDWR);
@@ -428,8 +439,13 @@ class worker_set {
   pool_options opts_;
   std::vector<worker_slot> slots_;
   shared_status_pages pages_;
+  // Whether the owner ran one thread when it forked the supervisor: then a
+  // forked worker holds every stack that could reach the owner's objects, and
+  // a leak check at its clean exit (sanitized builds) reports only real leaks.
+  bool owner_alone_at_fork_ = thread_count() == 1;
   worker_settings_factory settings_;
   supervisor_link link_;
+  std::mutex orphans_mutex_;
   std::vector<std::shared_ptr<oneshot<spawn_result>>> orphans_;  // starts given up on
   std::atomic<bool> closing_{false};
   std::atomic<bool> forced_{false};
