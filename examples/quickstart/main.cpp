@@ -10,6 +10,7 @@
 #include <numeric>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -75,17 +76,27 @@ int main() {
         if (delays[index] == delay_ms) finish_order.push_back(index);
       });
 
-  // The same pool from a coroutine on the caller's own io_context; an
-  // exception in the coroutine is rethrown here, not dropped.
+  // The same pool from coroutines on the caller's own io_context, and from
+  // another thread: any number of jobs run at once, sharing the workers. An
+  // exception in a coroutine is rethrown here, not dropped.
   asio::io_context io;
   std::vector<int> remainders;
+  std::vector<long> doubled, cubes;
+  std::thread other([&] { cubes = pool.map(numbers, [](int x) { return long(x) * x * x; }); });
+  auto rethrow = [](std::exception_ptr e) {
+    if (e) std::rethrow_exception(e);
+  };
   asio::co_spawn(io, [&]() -> asio::awaitable<void> {
     remainders = co_await pool.async_map(numbers, [](int x) { return x % 7; }, asio::use_awaitable);
     std::printf("async_map: %zu results, v[10] = %d\n", remainders.size(), remainders[10]);
-  }, [](std::exception_ptr e) {
-    if (e) std::rethrow_exception(e);
-  });
+  }, rethrow);
+  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+    // Per-job options override the pool's for this job only.
+    doubled = co_await pool.async_map(numbers, [](int x) { return 2L * x; }, {.batch_size = 4096}, asio::use_awaitable);
+  }, rethrow);
   io.run();
+  other.join();
+  std::printf("at once: %zu doubled, %zu cubes, last cube = %ld\n", doubled.size(), cubes.size(), cubes.back());
 
   // A task's exception comes back with its type, message, input index and worker.
   bool caught = false;
@@ -108,8 +119,12 @@ int main() {
   right = right && counts["the"] == 2 && counts["cat"] == 2 && counts["sat"] == 2 && greetings[2] == "hello #3";
   // Completion order: the 100 ms item, then 200, then 300 (ends 100 ms apart).
   right = right && finish_order == std::vector<std::size_t>{1, 2, 0};
-  right = right && remainders.size() == numbers.size();
-  for (std::size_t i = 0; right && i < numbers.size(); ++i) right = remainders[i] == numbers[i] % 7;
+  right = right && remainders.size() == numbers.size() && doubled.size() == numbers.size() &&
+          cubes.size() == numbers.size();
+  for (std::size_t i = 0; right && i < numbers.size(); ++i) {
+    const long x = numbers[i];
+    right = remainders[i] == x % 7 && doubled[i] == 2 * x && cubes[i] == x * x * x;
+  }
   if (!right) std::fprintf(stderr, "quickstart: a result is wrong\n");
   return right ? 0 : 1;
 }
