@@ -274,6 +274,7 @@ class Row:
 SOURCE_OF_PREFIX = [
     ("python/dispatch/", "benchmarks/python/dispatch.py"),
     ("python/latency/", "benchmarks/python/dispatch.py"),
+    ("python/submit/", "benchmarks/python/dispatch.py"),
     ("python/sum_to_num/", "benchmarks/python/sum_to_num.py"),
     ("python/ngram/", "benchmarks/python/ngram.py"),
     ("sum_to_num/", "bench_sum_to_num"),
@@ -350,6 +351,7 @@ class Table:
     def build(self) -> None:
         self.dispatch()
         self.latency()
+        self.submit()
         self.sum_to_num()
         self.ngram()
         self.lazy()
@@ -411,6 +413,32 @@ class Table:
                 self.add(False, f"one-item round trip {q} (ratio: Python / coshard)", c, py,
                          ratio, fmt_us, fmt_us,
                          needed=["latency/one_item", "python/latency/one_item"])
+
+    def submit(self) -> None:
+        """async_submit from 1000 coroutines (issue 10): >= 1M tasks/s, >= 50x Python's
+        ProcessPoolExecutor.submit awaited through asyncio.wrap_future (and loky, for
+        information); one task alone within 1.3x of the bare socketpair round trip."""
+        c = self.value("submit/coroutines:1000/each:1000", "items_per_second", prefix="submit/coroutines:1000")
+        self.add(True, "submit: 1000 coroutines awaiting async_submit, tasks/s", c, None, None,
+                 fmt_ips, fmt_ips, ">= 1M/s", c is not None and c >= 1e6, ["submit/coroutines:1000/each:1000"])
+        if c is not None:
+            self.targets[-1].met = "yes" if c >= 1e6 else "NO"
+        py_names = sorted(n for n in self.r if n.startswith("python/submit/coroutines:"))
+        py = self.value(py_names[0], "items_per_second") if py_names else None
+        ratio = self.div(c, py)
+        self.add(True, "submit vs Python ProcessPoolExecutor.submit + wrap_future, tasks/s", c, py, ratio,
+                 fmt_ips, fmt_ips, ">= 50x", ratio is not None and ratio >= 50,
+                 ["submit/coroutines:1000/each:1000", "python/submit/coroutines:*"])
+        loky_names = sorted(n for n in self.r if n.startswith("python/submit/loky/"))
+        loky = self.value(loky_names[0], "items_per_second") if loky_names else None
+        self.add(False, "submit vs Python loky executor.submit + wrap_future, tasks/s", c, loky,
+                 self.div(c, loky), fmt_ips, fmt_ips, needed=["python/submit/loky/*"])
+        one = self.value("submit/latency/one_task", "p50_us")
+        raw = self.value("raw/socketpair/latency", "p50_us")
+        ratio = self.div(one, raw)
+        self.add(True, "one async_submit alone, p50 round trip vs bare socketpair", one, raw, ratio,
+                 fmt_us, fmt_us, "<= 1.3x", ratio is not None and ratio <= 1.3,
+                 ["submit/latency/one_task", "raw/socketpair/latency"])
 
     def sum_to_num(self) -> None:
         w = self.w

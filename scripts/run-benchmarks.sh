@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 results=${1:-results}
 plots=${2:-$results/img}
 
-./scripts/install-deps.sh python3-matplotlib
+./scripts/install-deps.sh python3-matplotlib python3-joblib
 
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DCOSHARD_BUILD_TESTS=OFF -DCOSHARD_BUILD_EXAMPLES=ON
 cmake --build build-release -j2 --target ngram_count bench_dispatch bench_sum_to_num bench_ngram \

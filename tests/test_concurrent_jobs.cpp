@@ -417,3 +417,112 @@ TEST_CASE("shutdown() with many jobs running ends every one of them, bounded, le
     CHECK(fds.leaked() == 0);
   }
 }
+
+// ---------------------------------------------------------------------------
+// Single tasks: submit and async_submit.
+// ---------------------------------------------------------------------------
+
+TEST_CASE("submit and async_submit run single tasks with every kind of token") {
+  with_pool({.workers = 2}, [](coshard::process_pool& pool) {
+    // std::future
+    std::future<long> f = pool.submit([](long x) { return x * x; }, 12L);
+    CHECK(f.get() == 144);
+    // a plain callback (run on the pool's own thread)
+    std::promise<std::pair<bool, std::string>> got;
+    pool.async_submit([](std::string s) { return s + "!"; }, std::string("hi"),
+                      [&](std::exception_ptr e, std::string r) { got.set_value({!e, r}); });
+    CHECK(got.get_future().get() == std::make_pair(true, std::string("hi!")));
+    // use_awaitable, with awaitable tasks, from many coroutines at once
+    asio::io_context io;
+    long total = 0;
+    int finished = 0;
+    for (int c = 0; c < 100; ++c)
+      asio::co_spawn(io, [&, c]() -> asio::awaitable<void> {
+        for (long k = 0; k < 20; ++k) {
+          total += co_await pool.async_submit([](long x) -> asio::awaitable<long> { co_return co_await sleep_then(x, 1ms); },
+                                              long{c * 100 + k}, asio::use_awaitable);
+        }
+        ++finished;
+      }, asio::detached);
+    io.run();
+    long want = 0;
+    for (int c = 0; c < 100; ++c)
+      for (long k = 0; k < 20; ++k) want += c * 100 + k;
+    CHECK(finished == 100);
+    CHECK(total == want);
+  });
+}
+
+TEST_CASE("async_submit: each task fails alone, with the errors of map") {
+  reset_runs();
+  with_pool({.workers = 2, .max_retries = 0}, [](coshard::process_pool& pool) {
+    asio::io_context io;
+    std::map<long, std::string> ends;
+    for (long x = 0; x < 12; ++x)
+      pool.async_submit([](long v) {
+        if (v == 3) throw std::invalid_argument("three");
+        if (v == 5) {
+          counters->runs_of[5].fetch_add(1);
+          ::raise(SIGKILL);
+        }
+        return v;
+      }, x, asio::bind_executor(io, [&ends, x](std::exception_ptr e, long r) {
+        ends[x] = e ? error_kind(e) : (r == x ? "ok" : "wrong");
+      }));
+    io.run();
+    REQUIRE(ends.size() == 12);
+    for (long x = 0; x < 12; ++x) {
+      const std::string want = x == 3 ? "task_error" : x == 5 ? "worker_crashed" : "ok";
+      CHECK(ends[x] == want);
+    }
+  });
+}
+
+TEST_CASE("async_submit: a cancelled task completes with operation_aborted; the others complete") {
+  with_pool({.workers = 1, .concurrency = 4}, [](coshard::process_pool& pool) {
+    asio::io_context io;
+    asio::cancellation_signal cancel_one;
+    std::exception_ptr cancelled_error;
+    long others = 0;
+    auto slow = [](long x) -> asio::awaitable<long> { co_return co_await sleep_then(x, 100ms); };
+    pool.async_submit(slow, 1L, asio::bind_cancellation_slot(cancel_one.slot(), asio::bind_executor(io, [&](std::exception_ptr e, long) {
+      cancelled_error = e;
+    })));
+    for (long x = 2; x < 6; ++x)
+      pool.async_submit(slow, x, asio::bind_executor(io, [&](std::exception_ptr e, long r) {
+        if (!e) others += r;
+      }));
+    asio::steady_timer t(io, 10ms);
+    t.async_wait([&](const asio::error_code&) { cancel_one.emit(asio::cancellation_type::terminal); });
+    io.run();
+    CHECK(error_kind(cancelled_error) == "operation_aborted");
+    CHECK(others == 2 + 3 + 4 + 5);
+  });
+}
+
+TEST_CASE("submitted tasks waiting when the pool shuts down fail; later ones are refused") {
+  coshard_test::fd_baseline fds;
+  std::vector<std::future<long>> waiting;
+  {
+    coshard::process_pool pool{{.workers = 1, .concurrency = 2, .shutdown_timeout = 500ms}};
+    for (long x = 0; x < 50; ++x)
+      waiting.push_back(pool.submit([](long v) -> asio::awaitable<long> { co_return co_await sleep_then(v, 50ms); }, x));
+    std::this_thread::sleep_for(120ms);
+    pool.shutdown();
+    auto late = pool.submit([](long v) { return v; }, 1L);
+    CHECK_THROWS_AS(late.get(), coshard::pool_error);
+  }
+  int done = 0, aborted = 0;
+  for (auto& f : waiting) {
+    try {
+      (void)f.get();
+      ++done;
+    } catch (const std::system_error& e) {
+      aborted += e.code() == asio::error::operation_aborted;
+    }
+  }
+  CHECK(done + aborted == 50);
+  CHECK(done < 50);
+  CHECK(child_pids().empty());
+  CHECK(fds.leaked() == 0);
+}

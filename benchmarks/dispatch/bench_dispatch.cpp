@@ -22,6 +22,13 @@
 //                                              back, p50/p99 in us
 //   map_reduce/lazy_iota                       10^9 lazily generated items through
 //                                              map_reduce; parent_peak_growth_MB
+//   submit/coroutines:C/each:E                 C coroutines on one io_context, each
+//                                              awaiting E async_submit(x*x) in turn
+//                                              (tasks coalesced into batches);
+//                                              items_per_second, and cpu_us_per_task
+//                                              of this process and the workers
+//   submit/latency/one_task                    one coroutine awaiting async_submit,
+//                                              one task at a time: p50/p99 in us
 //
 // Every pass of map returns a new result vector. At 10^7 items that is 80 MB,
 // which glibc maps fresh from the kernel each time (above its mmap threshold),
@@ -36,6 +43,8 @@
 //                             1.6*10^6 items) so that they finish in seconds.
 //   COSHARD_BENCH_WORKERS     worker processes (default 2).
 //   COSHARD_BENCH_LAZY_ITEMS  items of the lazy case (default 10^9).
+//   COSHARD_BENCH_SUBMIT_COROUTINES, COSHARD_BENCH_SUBMIT_EACH
+//                             C and E of the submit case (default 1000 x 1000).
 //
 // Example (about a minute on 2 cores):
 //   build/benchmarks/bench_dispatch --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
@@ -48,11 +57,17 @@
 
 #include <coshard/benchmark.hpp>
 
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/io_context.hpp>
+#include <asio/use_awaitable.hpp>
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -302,6 +317,92 @@ void bm_lazy_map_reduce(benchmark::State& state) {
   state.counters["items"] = static_cast<double>(n);
 }
 
+// ---------------------------------------------------------------------------
+// Single tasks: async_submit from many coroutines, and one at a time.
+// ---------------------------------------------------------------------------
+
+// CPU seconds (user + system) a live process has used, from /proc.
+double process_cpu_seconds(pid_t pid) {
+  std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
+  if (!f) return 0;
+  char buf[1024];
+  const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  buf[n] = 0;
+  const char* p = std::strrchr(buf, ')');  // the command name may hold spaces
+  unsigned long utime = 0, stime = 0;
+  if (!p || std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2) return 0;
+  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+double pool_cpu_seconds(const coshard::process_pool& pool) {
+  double s = process_cpu_seconds(::getpid()) + process_cpu_seconds(pool.supervisor_pid());
+  for (pid_t w : pool.worker_pids()) s += process_cpu_seconds(w);
+  return s;
+}
+
+void bm_submit_coroutines(benchmark::State& state) {
+  const std::size_t coroutines = env_size("COSHARD_BENCH_SUBMIT_COROUTINES", 1000);
+  const std::size_t each = env_size("COSHARD_BENCH_SUBMIT_EACH", 1000);
+  try {
+    coshard::process_pool pool({.workers = bench_workers()});
+    double cpu = 0;
+    for (auto _ : state) {
+      state.PauseTiming();
+      const double cpu0 = pool_cpu_seconds(pool);
+      state.ResumeTiming();
+      asio::io_context io;
+      std::size_t wrong = 0;
+      for (std::size_t c = 0; c < coroutines; ++c)
+        asio::co_spawn(io, [&, c]() -> asio::awaitable<void> {
+          for (std::size_t k = 0; k < each; ++k) {
+            const auto x = static_cast<std::int64_t>(c * each + k);
+            wrong += co_await pool.async_submit(square, x, asio::use_awaitable) != x * x;
+          }
+        }, asio::detached);
+      io.run();
+      state.PauseTiming();
+      cpu += pool_cpu_seconds(pool) - cpu0;
+      state.ResumeTiming();
+      if (wrong) {
+        state.SkipWithError("submit: wrong results");
+        return;
+      }
+    }
+    const double tasks = static_cast<double>(state.iterations() * coroutines * each);
+    state.SetItemsProcessed(static_cast<std::int64_t>(tasks));
+    state.counters["cpu_us_per_task"] = cpu / tasks * 1e6;
+    state.counters["workers"] = static_cast<double>(bench_workers());
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+
+void bm_submit_latency(benchmark::State& state) {
+  std::vector<double> us;
+  us.reserve(static_cast<std::size_t>(state.max_iterations));
+  try {
+    coshard::process_pool pool({.workers = bench_workers()});
+    asio::io_context io;
+    asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+      for (int i = 0; i < 1000; ++i) (void)co_await pool.async_submit(square, std::int64_t{i}, asio::use_awaitable);
+      for (auto _ : state) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const auto r = co_await pool.async_submit(square, std::int64_t{12345}, asio::use_awaitable);
+        benchmark::DoNotOptimize(r);
+        us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+      }
+    }, [](std::exception_ptr e) {
+      if (e) std::rethrow_exception(e);
+    });
+    io.run();
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    return;
+  }
+  coshard::bench::set_latency_counters(state, std::move(us));
+}
+
 [[maybe_unused]] const bool registered = [] {
   const std::size_t workers = bench_workers();
   const auto sweep_for = [&](std::vector<std::size_t> batches, bool sequential) {
@@ -327,6 +428,18 @@ void bm_lazy_map_reduce(benchmark::State& state) {
   coshard::bench::register_round_trip("latency/one_item", std::int64_t{12345}, square,
                                       {.workers = workers});
   benchmark::RegisterBenchmark("raw/socketpair/latency", bm_raw_latency)
+      ->UseRealTime()
+      ->Iterations(20'000)
+      ->Unit(benchmark::kMicrosecond);
+
+  const std::string submit_name = "submit/coroutines:" +
+                                  std::to_string(env_size("COSHARD_BENCH_SUBMIT_COROUTINES", 1000)) +
+                                  "/each:" + std::to_string(env_size("COSHARD_BENCH_SUBMIT_EACH", 1000));
+  benchmark::RegisterBenchmark(submit_name.c_str(), bm_submit_coroutines)
+      ->UseRealTime()
+      ->Iterations(1)
+      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("submit/latency/one_task", bm_submit_latency)
       ->UseRealTime()
       ->Iterations(20'000)
       ->Unit(benchmark::kMicrosecond);

@@ -20,6 +20,13 @@ Benchmarks (names as in the JSON; items_per_second on each):
   python/latency/one_item
       await loop.run_in_executor(executor, square, i), one at a time, --latency-samples
       times; counters p50_us, p99_us; real_time is the mean round trip (us)
+  python/submit/coroutines:C/each:E
+      C asyncio coroutines, each awaiting E tasks in turn:
+      await asyncio.wrap_future(executor.submit(square, x)) (coshard's
+      submit/coroutines case; C = --submit-coroutines, E = --submit-each)
+  python/submit/loky/coroutines:C/each:E
+      the same through joblib's loky executor (get_reusable_executor), if joblib
+      is installed (Debian's python3-joblib)
 
 The executor is created once and warmed up (one small map, so every worker process
 exists) before anything is timed: the pool start is not measured. Each measurement
@@ -84,6 +91,20 @@ async def bench_gather_batches(ex: ProcessPoolExecutor, n: int, batch: int) -> M
     return Measurement(t.seconds, t.cpu_seconds, items=n)
 
 
+async def bench_submit(ex, coroutines: int, each: int) -> Measurement:
+    async def one(c: int) -> int:
+        wrong = 0
+        for k in range(each):
+            x = c * each + k
+            wrong += await asyncio.wrap_future(ex.submit(square, x)) != x * x
+        return wrong
+    with Timer() as t:
+        wrong = sum(await asyncio.gather(*(one(c) for c in range(coroutines))))
+    if wrong:
+        sys.exit("submit: wrong results")
+    return Measurement(t.seconds, t.cpu_seconds, items=coroutines * each)
+
+
 def percentile(sorted_xs: list[float], q: float) -> float:
     """Percentile of an already sorted list (q in 0..100), by the rule of the
     C++ side (coshard::bench::set_latency_counters): element floor(q*n)."""
@@ -117,6 +138,10 @@ async def main() -> None:
                         help="items per executor.map chunk / per run_in_executor batch")
     parser.add_argument("--latency-samples", type=int, default=2000,
                         help="sequential one-item round trips for python/latency/one_item")
+    parser.add_argument("--submit-coroutines", type=int, default=100,
+                        help="coroutines of python/submit (C)")
+    parser.add_argument("--submit-each", type=int, default=100,
+                        help="tasks each coroutine awaits in turn in python/submit (E)")
     args = parser.parse_args()
     print_header("python dispatch", args, items=args.items, small_items=args.small_items,
                  batch=args.batch)
@@ -142,6 +167,19 @@ async def main() -> None:
                 [await bench_gather_batches(ex, args.items, b) for _ in reps])
         rep.add("python/latency/one_item",
                 [await bench_latency(ex, args.latency_samples) for _ in reps], time_unit="us")
+        c, e = args.submit_coroutines, args.submit_each
+        rep.add(f"python/submit/coroutines:{c}/each:{e}",
+                [await bench_submit(ex, c, e) for _ in reps])
+    try:
+        from joblib.externals.loky import get_reusable_executor
+    except ImportError:
+        print("joblib (python3-joblib) is not installed: no loky measurement", file=sys.stderr)
+    else:
+        loky = get_reusable_executor(max_workers=args.workers)
+        list(loky.map(square, range(args.workers * 64)))  # start the workers; not timed
+        rep.add(f"python/submit/loky/coroutines:{c}/each:{e}",
+                [await bench_submit(loky, c, e) for _ in reps])
+        loky.shutdown(wait=True)
     rep.write()
 
 

@@ -11,6 +11,7 @@
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
 #include <asio/strand.hpp>
+#include <asio/use_future.hpp>
 
 #include <atomic>
 #include <condition_variable>
@@ -279,6 +280,44 @@ class process_pool {
                         options);
   }
 
+  /// Runs `fn(input)` as one task and returns its result through a
+  /// std::future (an error as its exception: task_error, worker_crashed,
+  /// timeout_error; pool_error once the pool is shut down). Tasks submitted
+  /// close together with the same function travel to the workers in shared
+  /// batches. See async_submit.
+  template <class F, class T>
+  [[nodiscard]] auto submit(F fn, T input) {
+    return async_submit(fn, std::move(input), asio::use_future);
+  }
+
+  /// Runs `fn(input)` as one task; completion signature
+  /// `void(std::exception_ptr, R)`, errors as for submit. Tasks whose
+  /// handlers run in the same execution context (e.g. many coroutines on one
+  /// io_context) and use the same function share one stream: they are cut
+  /// into batches as workers take them (adaptively, like a map), so a
+  /// thousand coroutines awaiting a task each do not pay a round trip each.
+  /// The stream runs on a strand of the handler's io executor, or on the
+  /// pool's own thread for a handler without one (use_future, a plain
+  /// callback). Per-operation cancellation through the handler's
+  /// cancellation slot (any type): the task completes at once with
+  /// operation_aborted; if it had already been sent to a worker it still
+  /// runs there and its result is dropped. pool.cancel() and shutdown() end
+  /// the tasks waiting too. Callable from any thread of the process that
+  /// built the pool.
+  template <class F, class T, class CompletionToken>
+  auto async_submit(F fn, T input, CompletionToken&& token) {
+    static_assert(detail::check_task<F, detail::no_shared, T>());
+    using spec = detail::job_spec<F, T, detail::no_shared, detail::no_reduce, detail::no_reduce, true>;
+    using R = typename spec::result_type;
+    static_assert(std::is_default_constructible_v<R>,
+                  "coshard: a submitted task's result must be default constructible (an error completes with R{})");
+    return asio::async_initiate<CompletionToken, void(std::exception_ptr, R)>(
+        [core = core_, fn](auto handler, T input) {
+          submit_task<spec>(core, fn, std::move(input), std::move(handler));
+        },
+        token, std::move(input));
+  }
+
   /// Cancels every job running on this pool; callable from any thread
   /// (e.g. from a std::stop_callback). Queued batches are dropped, workers
   /// cancel their running coroutines, and each job's call completes with
@@ -434,11 +473,97 @@ class process_pool {
   }
 
   template <class Spec, class View, class Collector, class... Parts>
-  auto make_job(View view, Collector collector, const job_options& options, const Parts&... parts) {
-    detail::job_settings settings(core_->workers.options(), options);
+  static auto make_job(detail::pool_core& core, View view, Collector collector, const job_options& options,
+                       const Parts&... parts) {
+    detail::job_settings settings(core.workers.options(), options);
     auto start = detail::encode_job_start<Spec>(parts..., settings.item_timeout);
-    return detail::job<Spec, View, Collector>(core_->workers, core_->scheduler, settings, ++core_->job_counter,
+    return detail::job<Spec, View, Collector>(core.workers, core.scheduler, settings, ++core.job_counter,
                                               std::move(view), std::move(start), std::move(collector));
+  }
+  template <class Spec, class View, class Collector, class... Parts>
+  auto make_job(View view, Collector collector, const job_options& options, const Parts&... parts) {
+    return make_job<Spec>(*core_, std::move(view), std::move(collector), options, parts...);
+  }
+
+  // Puts one task into the stream for its function and its handler's
+  // execution context, starting that stream's job if none runs.
+  template <class Spec, class Handler>
+  static void submit_task(std::shared_ptr<detail::pool_core> core, const typename Spec::fn_type& fn,
+                          typename Spec::input_type input, Handler handler) {
+    using T = typename Spec::input_type;
+    using R = typename Spec::result_type;
+    using inbox_type = detail::task_inbox<T, R>;
+    using own_executor = asio::associated_executor_t<Handler, asio::system_executor>;
+    asio::any_io_executor stream_ex;
+    asio::io_context* home = nullptr;
+    const void* context = nullptr;
+    if constexpr (detail::is_io_executor<own_executor>::value) {
+      auto hex = asio::get_associated_executor(handler);
+      context = &asio::query(hex, asio::execution::context);
+      stream_ex = asio::make_strand(hex);
+    } else if (auto bg = core->background_executor()) {
+      stream_ex = *bg;
+      home = &core->background_context();
+      context = home;
+    }
+    if (!stream_ex || ::getpid() != core->owner()) {
+      auto hex = asio::get_associated_executor(handler);
+      asio::post(hex, [h = std::move(handler), core]() mutable {
+        std::exception_ptr e;
+        try {
+          core->check_owner();
+          e = std::make_exception_ptr(pool_error("coshard: this process_pool has been shut down"));
+        } catch (...) {
+          e = std::current_exception();
+        }
+        std::move(h)(e, R{});
+      });
+      return;
+    }
+    auto slot = asio::get_associated_cancellation_slot(handler);
+    std::unique_ptr<detail::task_completion<R>> done =
+        std::make_unique<detail::task_completion_for<R, Handler>>(std::move(handler));
+    std::string key(reinterpret_cast<const char*>(&context), sizeof context);
+    const std::uint64_t entry = detail::entry<Spec>::id;
+    key.append(reinterpret_cast<const char*>(&entry), sizeof entry);
+    if constexpr (!std::is_empty_v<typename Spec::fn_type>)  // an empty object's byte is unspecified
+      key.append(reinterpret_cast<const char*>(std::addressof(fn)), sizeof fn);
+    for (;;) {
+      bool made = false;
+      auto inbox = core->stream_inbox<inbox_type>(key, made);
+      if (made) start_stream<Spec>(core, fn, inbox, stream_ex, home);
+      std::uint64_t index = 0;
+      if (!inbox->push(input, done, index)) continue;  // it closed meanwhile: a new stream
+      if (slot.is_connected()) {
+        std::weak_ptr<inbox_type> weak = inbox;
+        auto ex = stream_ex;
+        slot.assign([weak, index, ex](asio::cancellation_type) {
+          asio::post(ex, [weak, index] {
+            if (auto open = weak.lock())
+              open->settle(index,
+                           std::make_exception_ptr(std::system_error(asio::error::operation_aborted,
+                                                                     "coshard: task cancelled")),
+                           R{});
+          });
+        });
+      }
+      return;
+    }
+  }
+
+  template <class Spec>
+  static void start_stream(std::shared_ptr<detail::pool_core> core, const typename Spec::fn_type& fn,
+                           std::shared_ptr<detail::task_inbox<typename Spec::input_type, typename Spec::result_type>> inbox,
+                           asio::any_io_executor ex, asio::io_context* home) {
+    using T = typename Spec::input_type;
+    using R = typename Spec::result_type;
+    auto j = make_job<Spec>(*core, detail::stream_source<T, R>(inbox), detail::stream_collector<T, R>(inbox),
+                            job_options{}, fn, detail::no_reduce{}, detail::no_shared{}, detail::no_reduce{});
+    auto probe = detail::loop_thread_probe(ex);
+    asio::co_spawn(ex, run_guarded(core, std::move(j), home, std::move(probe), std::nullopt, std::stop_token{}),
+                   [inbox](std::exception_ptr e, std::size_t) {
+                     if (e) inbox->fail_all(e);  // refused (shut down): its tasks learn why
+                   });
   }
 
   template <class View, class F, class S>

@@ -139,6 +139,14 @@ class job {
   static constexpr int max_idle_deaths = 50;
   static constexpr std::size_t max_lingering_job_bytes = 64 * 1024;
   static constexpr bool fixed_size_items = bitwise_serializable<T>;
+  // A stream of submitted tasks (task_stream.hpp): its input is never done
+  // while tasks may come, only empty for now.
+  static constexpr bool streaming = [] {
+    if constexpr (requires { View::streaming; })
+      return View::streaming;
+    else
+      return false;
+  }();
 
   // The parent's side of one worker during this job.
   struct channel {
@@ -180,7 +188,8 @@ class job {
                        std::to_string(job_start_.size()) + " bytes encoded, above max_frame_bytes (" +
                        std::to_string(opts_.max_frame_bytes) + ")");
     it_.emplace(std::ranges::begin(inputs_.get()));
-    if (*it_ == std::ranges::end(inputs_.get())) input_done_ = true;
+    if constexpr (!streaming)
+      if (*it_ == std::ranges::end(inputs_.get())) input_done_ = true;
     if constexpr (std::ranges::sized_range<range>) {
       total_ = static_cast<std::size_t>(std::ranges::size(inputs_.get()));
       collector_.reserve(*total_);
@@ -191,6 +200,12 @@ class job {
     // Grants after the first come through the scheduler from any thread, as
     // a post to this job's executor; `self` tells a late one the job ended.
     auto self = std::make_shared<job*>(this);
+    if constexpr (streaming)
+      inputs_.inbox().attach([ex, self] {
+        asio::post(ex, [self] {
+          if (*self) (*self)->on_poke();
+        });
+      });
     std::vector<std::size_t> now;
     last_demand_ = demand();
     tenant_ = scheduler_.join(last_demand_, [ex, self] {
@@ -199,7 +214,13 @@ class job {
       });
     }, now);
     for (std::size_t i : now) serve_slot(i);
-    while (running_ > 0 || !finished()) {
+    for (;;) {
+      // A stream ends once nothing is left: it closes its inbox (a task
+      // submitted later starts a new stream) rather than keep the caller's
+      // loop running.
+      if constexpr (streaming)
+        if (running_ == 0 && !stopping() && retry_.empty() && inputs_.inbox().try_close()) input_done_ = true;
+      if (running_ == 0 && finished()) break;
       asio::error_code ec;
       co_await all_done.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
@@ -209,15 +230,23 @@ class job {
       }
     }
     *self = nullptr;
+    if constexpr (streaming) inputs_.inbox().detach();
     scheduler_.leave(*tenant_);
     all_done_ = nullptr;
     // A forced shutdown kills the workers under the job: whatever it saw
     // first (the cancel, a lost worker, an item convicted by the kill), it
     // ends as documented. A job that had failed before keeps its error.
-    if (cut_by_forced_shutdown_) throw pool_error("coshard: the pool was shut down (forced) while the job ran");
-    if (cancelled_) throw std::system_error(asio::error::operation_aborted, "coshard: job cancelled");
-    if (failure_) std::rethrow_exception(failure_);
-    if (item_failure_) std::rethrow_exception(item_failure_);
+    std::exception_ptr end;
+    if (cut_by_forced_shutdown_)
+      end = std::make_exception_ptr(pool_error("coshard: the pool was shut down (forced) while the job ran"));
+    else if (cancelled_)
+      end = std::make_exception_ptr(std::system_error(asio::error::operation_aborted, "coshard: job cancelled"));
+    else if (failure_)
+      end = failure_;
+    else if (item_failure_)
+      end = item_failure_;
+    if constexpr (requires { collector_.close(end); }) collector_.close(end);  // a stream's open tasks
+    if (end) std::rethrow_exception(end);
     co_return collector_.take();
   }
 
@@ -311,7 +340,13 @@ class job {
     std::size_t want = retry_.size();
     for (const channel& ch : channels_)
       if (!ch.held.empty()) ++want;
-    if (!input_done_) {
+    if constexpr (streaming) {
+      if (!input_done_) {
+        const std::size_t waiting = inputs_.inbox().size();
+        const std::size_t per_batch = std::max<std::size_t>(1, sizer_.next(std::nullopt));
+        want += (waiting + per_batch - 1) / per_batch;
+      }
+    } else if (!input_done_) {
       if (total_) {
         const std::size_t left = *total_ - std::min(*total_, next_index_);
         const std::size_t per_batch = std::max<std::size_t>(1, sizer_.next(left));
@@ -329,6 +364,22 @@ class job {
     if (d == last_demand_) return;
     last_demand_ = d;
     scheduler_.set_demand(*tenant_, d);
+  }
+
+  // A task was submitted while the stream's job may have been idle.
+  void on_poke() {
+    if constexpr (streaming) {
+      inputs_.inbox().poke_taken();
+      notify();
+    }
+  }
+
+  // Whether input waits to be cut now.
+  [[nodiscard]] bool input_waiting() {
+    if constexpr (streaming)
+      return !input_done_ && !inputs_.inbox().empty();
+    else
+      return !input_done_;
   }
 
   // Slots the scheduler granted since the last call: served, or handed
@@ -461,7 +512,7 @@ class job {
             rec.payload.truncate(mark);
             reject_input(index, rejected_type, rejected_why);
             ++it;
-            if (it == end) input_done_ = true;
+            if (it == end) input_done_ = !streaming;
             if (count > 0) {
               finish_cut(rec, count);
               ++next_index_;  // past the bad item
@@ -484,7 +535,7 @@ class job {
           if (rec.payload.size() >= opts_.max_batch_bytes) break;
         }
       }
-      if (it == end) input_done_ = true;
+      if (it == end) input_done_ = !streaming;
       if (count == 0) return std::nullopt;
       finish_cut(rec, count);
       return rec;
@@ -652,10 +703,10 @@ class job {
   // Whether this job has a batch for the slot's worker now. If not, the
   // slot is released; should another worker die and leave batches to retry,
   // the demand grows and the scheduler grants a slot again.
-  [[nodiscard]] bool work_may_come(const channel& ch) const {
+  [[nodiscard]] bool work_may_come(const channel& ch) {
     if (!ch.held.empty()) return true;
     if (stopping()) return false;
-    return !retry_.empty() || !input_done_;
+    return !retry_.empty() || input_waiting();
   }
 
   // Serves one worker process until the job needs no more of it; returns
@@ -708,7 +759,7 @@ class job {
         if (ch.yielding) break;
         if ((slot.retire || item_budget(slot) == 0) && !stopping() && !(input_done_ && retry_.empty()))
           co_return true;
-        if (!stopping() && !retry_.empty()) continue;
+        if (!stopping() && (!retry_.empty() || (streaming && input_waiting()))) continue;
         break;
       }
       frame_header h;

@@ -23,10 +23,12 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "coshard/detail/parent/slot_scheduler.hpp"
+#include "coshard/detail/parent/task_stream.hpp"
 #include "coshard/detail/worker_set.hpp"
 #include "coshard/errors.hpp"
 #include "coshard/pool_options.hpp"
@@ -63,6 +65,8 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   ~pool_core() {
     if (background_thread_.joinable()) background_thread_.detach();  // only ever its own last owner
   }
+
+  [[nodiscard]] pid_t owner() const noexcept { return owner_; }
 
   /// Throws pool_error unless called in the process that built the pool.
   void check_owner() const {
@@ -139,6 +143,25 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
       else
         e.cancel_pending = true;
     }
+  }
+
+  /// The open inbox of the task stream named `key` (function, result
+  /// context), made by `make` if there is none (`made` tells). A closed one
+  /// (its job ending) is replaced.
+  template <class Inbox>
+  std::shared_ptr<Inbox> stream_inbox(const std::string& key, bool& made) {
+    std::lock_guard lock(streams_mutex_);
+    auto& slot = streams_[key];
+    if (auto open = std::static_pointer_cast<Inbox>(slot.lock()); open && !open->closed()) {
+      made = false;
+      return open;
+    }
+    auto fresh = std::make_shared<Inbox>();
+    slot = fresh;
+    made = true;
+    if (streams_.size() > 64)  // streams of functions or loops no longer used
+      std::erase_if(streams_, [](const auto& entry) { return entry.second.expired(); });
+    return fresh;
   }
 
   /// Whether the blocking calls of this pool may use the pool's own
@@ -255,6 +278,8 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   std::condition_variable jobs_idle_;
   std::list<job_entry> jobs_;  // guarded by jobs_mutex_
   std::atomic<bool> home_taken_{false};
+  std::mutex streams_mutex_;
+  std::unordered_map<std::string, std::weak_ptr<task_inbox_base>> streams_;
   std::mutex background_mutex_;
   asio::io_context background_{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> background_guard_;
