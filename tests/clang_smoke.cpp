@@ -26,6 +26,16 @@
     }                                                                    \
   } while (0)
 
+// In a thread: remembered, checked by main after the join.
+std::atomic<bool> thread_check_failed{false};
+#define EXPECT_IN_THREAD(cond)                                                  \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      std::fprintf(stderr, "%s:%d: failed: %s\n", __FILE__, __LINE__, #cond); \
+      thread_check_failed = true;                                              \
+    }                                                                          \
+  } while (0)
+
 int main(int argc, char** argv) {
   coshard::serve_if_worker(argc, argv);
   coshard::process_pool pool{{.workers = 2, .concurrency = 16}};
@@ -98,6 +108,37 @@ int main(int argc, char** argv) {
                                               asio::use_future);
   EXPECT(count_fut.get() == in.size() && streamed == in.size());
 
+  // The forms added with concurrent jobs: job_options, the shared overloads of
+  // every operation, async_map_reduce_by_key, jobs from two threads at once,
+  // and single tasks.
+  EXPECT(pool.map(in, [](int x) { return x; }, {.batch_size = 7, .max_retries = 1})[999] == 999);
+  EXPECT(pool.map_settled(in, [](int s, int x) { return s + x; }, 1)[0].value() == 1);
+  auto keyed = pool.map_reduce_by_key(words, [](const std::string& s, const std::string& w) {
+    return std::unordered_map<std::string, int>{{s + w, 1}};
+  }, std::plus<>{}, sep);
+  EXPECT(keyed["-a"] == 2);
+  std::size_t shared_seen = 0;
+  pool.for_each_result(in, [](int s, int x) { return s + x; }, [&](std::size_t, int) { ++shared_seen; }, 5);
+  EXPECT(shared_seen == in.size());
+  auto keyed_fut = pool.async_map_reduce_by_key(words, [](const std::string& w) {
+    return std::unordered_map<std::string, int>{{w, 1}};
+  }, std::plus<>{}, asio::use_future);
+  EXPECT(keyed_fut.get()["a"] == 2);
+  auto reduce_shared = pool.async_map_reduce(in, [](int s, int x) { return long(s + x); }, std::plus<>{}, 0L, 1,
+                                             coshard::job_options{.batch_size = 10}, asio::use_future);
+  EXPECT(reduce_shared.get() == 999L * 1000 / 2 + 1000);
+  std::thread beside([&] { EXPECT_IN_THREAD(pool.map(in, [](int x) { return -x; })[5] == -5); });
+  EXPECT(pool.map(in, [](int x) { return 2 * x; })[5] == 10);
+  beside.join();
+  EXPECT(pool.submit([](int x) { return x * 3; }, 7).get() == 21);
+  int submitted = 0;
+  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+    submitted = co_await pool.async_submit([](int x) { return x + 1; }, 41, asio::use_awaitable);
+  }, asio::detached);
+  io.restart();
+  io.run();
+  EXPECT(submitted == 42);
+
   // cancel() from another thread ends a running job with operation_aborted
   // (it reaches only a job that has started: repeated until the job ends).
   std::atomic<bool> ended{false};
@@ -133,6 +174,7 @@ int main(int argc, char** argv) {
   coshard::process_pool exec_pool{{.workers = 1, .initializer = [] {}, .start = coshard::start_method::exec}};
   EXPECT(exec_pool.map(in, [](int x) { return x + 2; })[0] == 2);
 
+  EXPECT(!thread_check_failed.load());
   std::puts("clang smoke: ok");
   return 0;
 }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <future>
 #include <numeric>
 #include <sstream>
 #include <string>
@@ -98,6 +99,20 @@ int main() {
   other.join();
   std::printf("at once: %zu doubled, %zu cubes, last cube = %ld\n", doubled.size(), cubes.size(), cubes.back());
 
+  // Single tasks: 100 coroutines each awaiting one task at a time; the pool
+  // coalesces the tasks submitted close together into batches.
+  long submitted_sum = 0;
+  for (int c = 0; c < 100; ++c)
+    asio::co_spawn(io, [&, c]() -> asio::awaitable<void> {
+      for (int k = 0; k < 100; ++k)
+        submitted_sum += co_await pool.async_submit([](int x) { return 2L * x; }, c * 100 + k, asio::use_awaitable);
+    }, rethrow);
+  io.restart();
+  io.run();
+  std::future<long> one = pool.submit([](int x) { return x + 1L; }, 41);
+  const long one_result = one.get();
+  std::printf("async_submit: 10000 tasks from 100 coroutines, sum = %ld; submit: %ld\n", submitted_sum, one_result);
+
   // A task's exception comes back with its type, message, input index and worker.
   bool caught = false;
   try {
@@ -119,6 +134,7 @@ int main() {
   right = right && counts["the"] == 2 && counts["cat"] == 2 && counts["sat"] == 2 && greetings[2] == "hello #3";
   // Completion order: the 100 ms item, then 200, then 300 (ends 100 ms apart).
   right = right && finish_order == std::vector<std::size_t>{1, 2, 0};
+  right = right && submitted_sum == 2L * 9999 * 10000 / 2 && one_result == 42;
   right = right && remainders.size() == numbers.size() && doubled.size() == numbers.size() &&
           cubes.size() == numbers.size();
   for (std::size_t i = 0; right && i < numbers.size(); ++i) {
