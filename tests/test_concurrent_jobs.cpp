@@ -36,14 +36,8 @@ using coshard_test::child_pids;
 namespace {
 
 template <class Body>
-void with_pool(coshard::pool_options opts, Body body) {
-  coshard_test::fd_baseline fds;
-  {
-    coshard::process_pool pool{opts};
-    body(pool);
-  }
-  CHECK(child_pids().empty());
-  CHECK(fds.leaked() == 0);
+void with_pool(const coshard::pool_options& opts, Body body) {
+  coshard_test::with_pool_of<coshard::process_pool>(opts, body);
 }
 
 std::vector<long> iota_vector(long n, long from = 0) {
@@ -57,10 +51,7 @@ struct shared_counters {
   std::atomic<long> big_done{0};
   std::atomic<int> runs_of[64];
 };
-shared_counters* const counters = [] {
-  void* p = ::mmap(nullptr, sizeof(shared_counters), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  return new (p) shared_counters();
-}();
+shared_counters* const counters = coshard_test::shared_with_forks<shared_counters>();
 
 void reset_runs() {
   for (auto& r : counters->runs_of) r.store(0);
@@ -365,6 +356,22 @@ TEST_CASE("a small job started beside a huge one is not starved") {
     CHECK(big_done_then < big_items / 2);
     pool.cancel();
     CHECK_THROWS_AS(big.get(), std::system_error);
+  });
+}
+
+TEST_CASE("an async job whose io_context is destroyed while it runs gives its workers back") {
+  with_pool({.workers = 2, .concurrency = 4}, [](coshard::process_pool& pool) {
+    {
+      asio::io_context doomed;
+      pool.async_map(iota_vector(1000), [](long x) -> asio::awaitable<long> { co_return co_await sleep_then(x, 5s); },
+                     [](std::exception_ptr, std::vector<long>) {});
+      pool.async_map(iota_vector(1000), [](long x) -> asio::awaitable<long> { co_return co_await sleep_then(x, 5s); },
+                     asio::bind_executor(doomed, [](std::exception_ptr, std::vector<long>) {}));
+      doomed.run_for(200ms);  // the second job leases a worker and sends it batches
+      pool.cancel();          // the first one (on the pool's thread) ends; the second never sees it
+    }
+    // The destroyed job's worker was let go and is replaced for this job.
+    CHECK(pool.map(iota_vector(10), [](long x) { return x * 2; }).back() == 18);
   });
 }
 

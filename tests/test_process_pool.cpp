@@ -50,15 +50,11 @@ struct point {
 
 // Ends every test the same way: the pool is gone, so are its children and fds.
 template <class Body>
-void with_pool(coshard::pool_options opts, Body body) {
-  coshard_test::fd_baseline fds;
-  {
-    coshard::process_pool pool{opts};
+void with_pool(const coshard::pool_options& opts, Body body) {
+  coshard_test::with_pool_of<coshard::process_pool>(opts, [&](coshard::process_pool& pool) {
     REQUIRE(coshard_test::workers_once_settled(pool.size()) == pool.size());
     body(pool);
-  }
-  CHECK(child_pids().empty());
-  CHECK(fds.leaked() == 0);
+  });
 }
 
 int encodes = 0;
@@ -373,10 +369,7 @@ TEST_CASE("lazy inputs are pulled in bounded memory") {
 namespace {
 // Results the sink received, read by the workers: a page shared with every process
 // the pools fork, mapped before any pool exists.
-std::atomic<int>* const delivered_items = [] {
-  void* p = ::mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  return new (p) std::atomic<int>(0);
-}();
+std::atomic<int>* const delivered_items = coshard_test::shared_with_forks<std::atomic<int>>();
 }  // namespace
 
 TEST_CASE("for_each_result delivers every result once, as batches complete") {

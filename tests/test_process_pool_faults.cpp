@@ -46,14 +46,8 @@ using coshard_test::child_pids;
 namespace {
 
 template <class Body>
-void with_pool(coshard::pool_options opts, Body body) {
-  coshard_test::fd_baseline fds;
-  {
-    coshard::process_pool pool{opts};
-    body(pool);
-  }
-  CHECK(child_pids().empty());
-  CHECK(fds.leaked() == 0);
+void with_pool(const coshard::pool_options& opts, Body body) {
+  coshard_test::with_pool_of<coshard::process_pool>(opts, body);
 }
 
 std::vector<long> iota_vector(long n) {
@@ -191,10 +185,7 @@ TEST_CASE("workers do not inherit the caller's signal handlers, ignores or mask"
 namespace {
 // Items run, counted across the workers: a page shared with every process
 // the pool forks, mapped before the pool exists.
-std::atomic<long>* const items_run = [] {
-  void* p = ::mmap(nullptr, sizeof(std::atomic<long>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  return new (p) std::atomic<long>(0);
-}();
+std::atomic<long>* const items_run = coshard_test::shared_with_forks<std::atomic<long>>();
 }  // namespace
 
 TEST_CASE("map raises the failure of the lowest failing input index; map_settled keeps every success") {
@@ -458,10 +449,7 @@ TEST_CASE("a worker that dies while a batch is being written to it") {
 namespace {
 constexpr long chaos_kills = 5, chaos_every = 15'000;  // the chaos test's kills, and the items between them
 // Workers killed so far by the chaos test's killer, read by its items.
-std::atomic<long>* const kills_done = [] {
-  void* p = ::mmap(nullptr, sizeof(std::atomic<long>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  return new (p) std::atomic<long>(0);
-}();
+std::atomic<long>* const kills_done = coshard_test::shared_with_forks<std::atomic<long>>();
 }  // namespace
 
 TEST_CASE("chaos: map_reduce over 10^5 items while workers are SIGKILLed at random gives the exact answer") {
@@ -639,11 +627,7 @@ int own_channel() {
 }
 
 // Per-input run counts, shared with every worker (mapped before the pools).
-std::atomic<int>* const runs_of = [] {
-  void* p = ::mmap(nullptr, 64 * sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                   -1, 0);
-  return new (p) std::atomic<int>[64]();
-}();
+std::atomic<int>* const runs_of = coshard_test::shared_with_forks<std::atomic<int>>(64);
 }  // namespace
 
 TEST_CASE("a worker that dies right after sending a result: the result is kept, not run again") {

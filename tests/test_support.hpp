@@ -2,15 +2,20 @@
 // process left, no file descriptor leaked.
 #pragma once
 
+#include <catch2/catch.hpp>
 #include <dirent.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <new>
 #include <set>
 #include <thread>
 #include <sstream>
@@ -193,5 +198,33 @@ struct fd_baseline {
   int at_start = open_fd_count();
   [[nodiscard]] int leaked() const { return open_fd_count() - at_start; }
 };
+
+/// Runs `body` with a pool built from `opts`, then checks that the pool,
+/// once destroyed, left no child process and no descriptor behind.
+template <class Pool, class Options, class Body>
+void with_pool_of(const Options& opts, Body body) {
+  fd_baseline fds;
+  {
+    Pool pool{opts};
+    body(pool);
+  }
+  CHECK(child_pids().empty());
+  CHECK(fds.leaked() == 0);
+}
+
+/// `count` value-initialised Ts in memory shared with every process forked
+/// after the call (a pool's supervisor and workers): for counting what
+/// workers do. Call it before the pool exists. Never freed.
+template <class T>
+T* shared_with_forks(std::size_t count = 1) {
+  void* p = ::mmap(nullptr, count * sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    std::perror("shared_with_forks: mmap");
+    std::abort();
+  }
+  T* values = static_cast<T*>(p);
+  for (std::size_t i = 0; i < count; ++i) new (values + i) T();
+  return values;
+}
 
 }  // namespace coshard_test

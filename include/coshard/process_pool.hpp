@@ -300,9 +300,9 @@ class process_pool {
   /// pool's own thread for a handler without one (use_future, a plain
   /// callback). Per-operation cancellation through the handler's
   /// cancellation slot (any type): the task completes at once with
-  /// operation_aborted; if it had already been sent to a worker it still
-  /// runs there and its result is dropped. pool.cancel() and shutdown() end
-  /// the tasks waiting too. Callable from any thread of the process that
+  /// operation_aborted; it may still run in a worker (if it was already
+  /// queued there or is cut into a batch later), and its result is dropped.
+  /// pool.cancel() and shutdown() end the tasks waiting too. Callable from any thread of the process that
   /// built the pool.
   template <class F, class T, class CompletionToken>
   auto async_submit(F fn, T input, CompletionToken&& token) {
@@ -506,7 +506,7 @@ class process_pool {
       home = &core->background_context();
       context = home;
     }
-    if (!stream_ex || ::getpid() != core->owner()) {
+    if (!stream_ex || core->workers.closing() || ::getpid() != core->owner()) {
       auto hex = asio::get_associated_executor(handler);
       asio::post(hex, [h = std::move(handler), core]() mutable {
         std::exception_ptr e;
@@ -520,7 +520,32 @@ class process_pool {
       });
       return;
     }
+    // The cancellation handler is in place before the task is queued (the
+    // task may complete on another thread at once); a cancel that comes
+    // before the task has its index is applied as soon as it has one.
+    struct cancel_state {
+      std::weak_ptr<inbox_type> inbox;
+      std::atomic<std::uint64_t> index{~std::uint64_t{0}};
+      std::atomic<bool> cancelled{false};
+      void apply() {
+        const std::uint64_t i = index.load();
+        if (i == ~std::uint64_t{0}) return;
+        if (auto open = inbox.lock())
+          open->settle(i, std::make_exception_ptr(std::system_error(asio::error::operation_aborted, "coshard: task cancelled")),
+                       R{});
+      }
+    };
+    std::shared_ptr<cancel_state> cancel_target;
     auto slot = asio::get_associated_cancellation_slot(handler);
+    if (slot.is_connected()) {
+      cancel_target = std::make_shared<cancel_state>();
+      slot.assign([cancel_target, stream_ex](asio::cancellation_type) {
+        asio::post(stream_ex, [cancel_target] {
+          cancel_target->cancelled.store(true);
+          cancel_target->apply();
+        });
+      });
+    }
     std::unique_ptr<detail::task_completion<R>> done =
         std::make_unique<detail::task_completion_for<R, Handler>>(std::move(handler));
     std::string key(reinterpret_cast<const char*>(&context), sizeof context);
@@ -532,20 +557,12 @@ class process_pool {
       bool made = false;
       auto inbox = core->stream_inbox<inbox_type>(key, made);
       if (made) start_stream<Spec>(core, fn, inbox, stream_ex, home);
+      if (cancel_target) cancel_target->inbox = inbox;  // before push: read only once the index is set
       std::uint64_t index = 0;
       if (!inbox->push(input, done, index)) continue;  // it closed meanwhile: a new stream
-      if (slot.is_connected()) {
-        std::weak_ptr<inbox_type> weak = inbox;
-        auto ex = stream_ex;
-        slot.assign([weak, index, ex](asio::cancellation_type) {
-          asio::post(ex, [weak, index] {
-            if (auto open = weak.lock())
-              open->settle(index,
-                           std::make_exception_ptr(std::system_error(asio::error::operation_aborted,
-                                                                     "coshard: task cancelled")),
-                           R{});
-          });
-        });
+      if (cancel_target) {
+        cancel_target->index.store(index);
+        if (cancel_target->cancelled.load()) asio::post(stream_ex, [cancel_target] { cancel_target->apply(); });
       }
       return;
     }
@@ -693,9 +710,15 @@ class process_pool {
       core->release(ticket);
       throw;
     }
+    struct home_return {
+      detail::pool_core& core;
+      bool home;
+      ~home_return() {
+        if (home) core.give_back_home();
+      }
+    } give_back{*core, home};
     io.restart();
     io.run();
-    if (home) core->give_back_home();
     if (error) std::rethrow_exception(error);
     return std::move(*out);
   }

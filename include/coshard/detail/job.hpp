@@ -213,6 +213,27 @@ class job {
         if (*self) (*self)->pick_up();
       });
     }, now);
+    // If this coroutine is destroyed before it ends (its io_context is
+    // destroyed while the pool lives on), the slots it leased go back: their
+    // workers are let go (what they hold belongs to a job that no longer
+    // exists) and the next lessee starts replacements.
+    struct lease_guard {
+      job& j;
+      std::shared_ptr<job*>& self;
+      bool ended = false;
+      ~lease_guard() {
+        if (ended) return;
+        *self = nullptr;
+        if constexpr (streaming) j.inputs_.inbox().detach();
+        for (std::size_t i = 0; i < j.channels_.size(); ++i)
+          if (j.channels_[i].leased) {
+            j.channels_[i].leased = false;
+            j.workers_.drop_worker(j.workers_.slots()[i]);
+            j.scheduler_.release(*j.tenant_, i, j.channels_[i].yielding);
+          }
+        j.scheduler_.leave(*j.tenant_);
+      }
+    } guard{*this, self};
     for (std::size_t i : now) serve_slot(i);
     for (;;) {
       // A stream ends once nothing is left: it closes its inbox (a task
@@ -232,6 +253,7 @@ class job {
     *self = nullptr;
     if constexpr (streaming) inputs_.inbox().detach();
     scheduler_.leave(*tenant_);
+    guard.ended = true;
     all_done_ = nullptr;
     // A forced shutdown kills the workers under the job: whatever it saw
     // first (the cancel, a lost worker, an item convicted by the kill), it
@@ -402,8 +424,17 @@ class job {
     asio::co_spawn(ex_, serve(i), [this, i](std::exception_ptr e) {
       if (e) fail(e);
       channel& ch = channels_[i];
+      if (!ch.held.empty()) {
+        // serve() ended by an error it does not handle, with batches out:
+        // the job has failed with that error, and the worker, which still
+        // owes replies, must not reach the next job that leases the slot.
+        workers_.drop_worker(workers_.slots()[i]);
+        for (batch_record& rec : ch.held) recycle(std::move(rec.payload));
+        ch.held.clear();
+      }
       ch.leased = false;
       --running_;
+      update_demand();  // before the release, so the slot is not granted straight back in vain
       scheduler_.release(*tenant_, i, ch.yielding);
       notify();
     });
@@ -726,8 +757,8 @@ class job {
       while (can_send(ch, slot) && !give_way(ch)) {
         std::optional<batch_record> rec = next_batch(ch, item_budget(slot));
         if (!rec) break;
-        update_demand();
         ch.held.push_back(std::move(*rec));
+        update_demand();
         const batch_record& b = ch.held.back();
         slot.items_assigned += b.count;
         frame_header h = header(frame_type::batch);

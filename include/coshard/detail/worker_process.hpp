@@ -125,14 +125,19 @@ class worker_process final : public worker_context {
   // until the next deadline could pass, never on a fixed tick: with no item
   // running, an item that starts later cannot be overdue before
   // item_timeout + timeout_grace from now. Started by the first job that
-  // has an item_timeout; jobs without one leave it asleep.
+  // has an item_timeout; while a job without one runs, it waits to be told
+  // of the next job.
   void start_watchdog() {
     watchdog_ = std::thread([this] {
       const auto grace = static_cast<std::uint64_t>(settings_.timeout_grace.count());
       std::unique_lock lock(watchdog_mutex_);
       while (!stop_watchdog_) {
-        const std::uint64_t period = watchdog_period_ns_ + grace;
         const std::uint64_t deadline = watch_.deadline_ns.load(std::memory_order_acquire);
+        if (deadline == 0 && watchdog_period_ns_ == 0) {  // the current job has no item_timeout
+          watchdog_wake_.wait(lock);
+          continue;
+        }
+        const std::uint64_t period = watchdog_period_ns_ + grace;
         const std::uint64_t now = steady_now_ns();
         std::uint64_t wake_at = now + period;
         if (deadline != 0) {
@@ -256,13 +261,15 @@ class worker_process final : public worker_context {
       throw pool_error("coshard: unknown entry id " + std::to_string(id) +
                        ": the worker does not run the same binary as the parent");
     job_item_timeout_ = std::chrono::nanoseconds(static_cast<std::int64_t>(parts.item_timeout_ns));
-    if (parts.item_timeout_ns > 0) {
+    if (parts.item_timeout_ns > 0 || watchdog_.joinable()) {
       {
-        // The watchdog sleeps for at most the longest limit it has seen, so
-        // a job with a longer one cannot be ended early.
+        // Idle, the watchdog sleeps for the current job's limit: an item
+        // that starts meanwhile cannot be overdue before that. (Whether an
+        // item is overdue is decided by the item's own deadline.)
         std::lock_guard lock(watchdog_mutex_);
-        watchdog_period_ns_ = std::max(watchdog_period_ns_, parts.item_timeout_ns);
+        watchdog_period_ns_ = parts.item_timeout_ns;
       }
+      watchdog_wake_.notify_all();
       if (!watchdog_.joinable()) start_watchdog();
     }
     return make(*this, parts);
@@ -303,7 +310,7 @@ class worker_process final : public worker_context {
   std::mutex watchdog_mutex_;
   std::condition_variable watchdog_wake_;
   bool stop_watchdog_ = false;
-  std::uint64_t watchdog_period_ns_ = 0;  // guarded by watchdog_mutex_
+  std::uint64_t watchdog_period_ns_ = 0;  // the current job's item_timeout; guarded by watchdog_mutex_
   std::chrono::nanoseconds job_item_timeout_{0};
 };
 

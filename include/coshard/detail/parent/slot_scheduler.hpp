@@ -112,6 +112,7 @@ class slot_scheduler {
       return false;
     }
     ++t.yielding_;
+    ++promised_;
     update_hints();
     return true;
   }
@@ -122,7 +123,10 @@ class slot_scheduler {
     std::vector<std::shared_ptr<tenant>> to_wake;
     {
       std::lock_guard lock(mutex_);
-      if (yielded && t.yielding_ > 0) --t.yielding_;
+      if (yielded && t.yielding_ > 0) {
+        --t.yielding_;
+        --promised_;
+      }
       --t.holding_;
       free_[slot] = true;
       rebalance(to_wake);
@@ -146,6 +150,8 @@ class slot_scheduler {
       }
       t.granted_.clear();
       t.demand_ = 0;
+      promised_ -= std::min(promised_, t.yielding_);
+      t.yielding_ = 0;
       tenants_.remove_if([&](const auto& u) { return u.get() == &t; });
       rebalance(to_wake);
     }
@@ -155,12 +161,14 @@ class slot_scheduler {
  private:
   // Whether `t` holds more than its share while another job waits: one
   // holding at least two fewer slots, or none at all (more jobs than slots:
-  // every holder gives way in turn).
+  // holders give way in turn). One slot promised back per such waiting job
+  // at a time, so that one newcomer does not drain every slot of a holder.
   bool should_yield(const tenant& t) const {
     if (t.keeps() == 0) return false;
+    std::size_t needy = 0;
     for (const auto& u : tenants_)
-      if (u.get() != &t && u->wants() && (u->holding_ + 1 < t.keeps() || u->holding_ == 0)) return true;
-    return false;
+      if (u.get() != &t && u->wants() && (u->holding_ + 1 < t.keeps() || u->holding_ == 0)) ++needy;
+    return needy > promised_;
   }
 
   void update_hints() {
@@ -206,6 +214,7 @@ class slot_scheduler {
   std::vector<bool> free_;
   std::list<std::shared_ptr<tenant>> tenants_;  // shared: a wake may outlive the job's leave()
   std::uint64_t clock_ = 0;
+  std::size_t promised_ = 0;  // slots promised back by try_yield and not yet released
 };
 
 }  // namespace coshard::detail
