@@ -418,6 +418,18 @@ class supervisor_link {
     return result;
   }
 
+  /// Gives up every start not answered yet: its worker's channel is closed
+  /// as soon as it arrives, so the worker sees EOF and exits at once (a
+  /// shutdown does not wait for it). Its waiter gets an error.
+  void abandon_spawns() {
+    std::map<std::uint64_t, std::shared_ptr<oneshot<spawn_result>>> spawns;
+    {
+      std::lock_guard lock(mutex_);
+      spawns.swap(spawns_);
+    }
+    for (auto& [id, s] : spawns) s->set({-1, -1, "the pool is shutting down"});
+  }
+
   /// The wait status of worker `pid`, set once the supervisor has reaped it.
   std::shared_ptr<oneshot<int>> exit_of(pid_t pid) {
     std::lock_guard lock(mutex_);

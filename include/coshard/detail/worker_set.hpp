@@ -188,7 +188,8 @@ class worker_set {
   void shutdown(std::chrono::milliseconds grace) noexcept {
     closing_.store(true);
     close_channels();
-    close_started();  // a worker started and not yet taken must see EOF too
+    link_.abandon_spawns();  // a worker still being started: its channel is closed as it arrives
+    close_started();         // a worker started and not yet taken must see EOF too
     link_.shutdown(grace);
     close_started();  // those that arrived meanwhile
   }
@@ -270,6 +271,7 @@ class worker_set {
       // timer keeps a stale cancel from the first wait away.
       std::string failure;
       bool died = false;
+      bool read_ready = false;  // the ready frame was read (it is gone from the channel)
       {
         struct read_state {
           explicit read_state(const asio::any_io_executor& ex) : sock(ex) {}
@@ -298,6 +300,7 @@ class worker_set {
           frame_header h;
           const auto payload = co_await s.reader->read(st->sock, h);
           failure = ready_failure(h, payload);
+          read_ready = failure.empty();
         } catch (const serialization_error& e) {
           failure = e.what();
         } catch (const std::system_error& e) {
@@ -315,11 +318,13 @@ class worker_set {
         asio::error_code ignored;
         st->sock.release(ignored);
       }
-      if (*interrupted) co_return false;
-      if (failure.empty() && !died) {
+      // A ready frame read as the wait was interrupted still counts: it is
+      // consumed, and a later wait for it would wait until startup_timeout.
+      if (read_ready) {
         s.ready = true;
-        co_return true;
+        co_return !*interrupted;
       }
+      if (*interrupted) co_return false;
       const pid_t pid = s.pid.load();
       if (died) {
         // Killed from outside while starting, as any worker can be: only a
