@@ -27,7 +27,7 @@
 
 #include "coshard/detail/collectors.hpp"
 #include "coshard/detail/input_source.hpp"
-#include "coshard/detail/job.hpp"
+#include "coshard/detail/parent/job.hpp"
 #include "coshard/detail/pool_core.hpp"
 #include "coshard/detail/process_local.hpp"
 #include "coshard/errors.hpp"
@@ -477,7 +477,7 @@ class process_pool {
                        const Parts&... parts) {
     detail::job_settings settings(core.workers.options(), options);
     auto start = detail::encode_job_start<Spec>(parts..., settings.item_timeout);
-    return detail::job<Spec, View, Collector>(core.workers, core.scheduler, settings, ++core.job_counter,
+    return detail::job<Spec, View, Collector>(core.transport, core.scheduler, settings, ++core.job_counter,
                                               std::move(view), std::move(start), std::move(collector));
   }
   template <class Spec, class View, class Collector, class... Parts>
@@ -577,7 +577,7 @@ class process_pool {
     auto j = make_job<Spec>(*core, detail::stream_source<T, R>(inbox), detail::stream_collector<T, R>(inbox),
                             job_options{}, fn, detail::no_reduce{}, detail::no_shared{}, detail::no_reduce{});
     auto probe = detail::loop_thread_probe(ex);
-    asio::co_spawn(ex, run_guarded(core, std::move(j), home, std::move(probe), std::nullopt, std::stop_token{}),
+    asio::co_spawn(ex, run_owned(core, std::move(j), home, std::move(probe), std::stop_token{}),
                    [inbox](std::exception_ptr e, std::size_t) {
                      if (e) inbox->fail_all(e);  // refused (shut down): its tasks learn why
                    });
@@ -672,23 +672,36 @@ class process_pool {
   // The coroutine holds the core: a job outlives a pool destroyed under it
   // (e.g. its io_context stopped running) without touching freed memory.
   // `home`: the pool's own io_context the job runs on, if it does; the
-  // workers' sockets then stay registered with it from job to job.
-  template <class Job>
-  static asio::awaitable<typename Job::value_type> run_guarded(std::shared_ptr<detail::pool_core> core, Job j,
-                                                               asio::io_context* home,
-                                                               std::function<bool()> loop_thread,
-                                                               std::optional<detail::pool_core::job_ticket> claimed,
-                                                               std::stop_token stop) {
+  // workers' sockets then stay registered with it from job to job. Not a
+  // template: one copy serves every job type.
+  static asio::awaitable<void> run_guarded(std::shared_ptr<detail::pool_core> core, detail::job_engine& j,
+                                           asio::io_context* home, std::function<bool()> loop_thread,
+                                           std::optional<detail::pool_core::job_ticket> claimed,
+                                           std::stop_token stop) {
     auto ex = co_await asio::this_coro::executor;
     job_scope scope(*core, j, ex, std::move(loop_thread), claimed, std::move(stop));
     if (home) j.keep_sockets_on(*home);
-    co_return co_await j.run();
+    co_await j.run();
+  }
+
+  // run_guarded for a job this coroutine owns, completing with its results.
+  template <class Job>
+  static asio::awaitable<typename Job::value_type> run_owned(std::shared_ptr<detail::pool_core> core, Job j,
+                                                             asio::io_context* home, std::function<bool()> loop_thread,
+                                                             std::stop_token stop) {
+    co_await run_guarded(std::move(core), j, home, std::move(loop_thread), std::nullopt, std::move(stop));
+    co_return j.take();
   }
 
   // Runs the job on the calling thread: on the pool's own io_context if no
   // other blocking call uses it now, else on an io_context of its own.
   template <class Job>
   typename Job::value_type run_blocking(Job j, const job_options& options) {
+    auto owned = std::make_shared<Job>(std::move(j));
+    run_engine_blocking(owned, options);
+    return owned->take();
+  }
+  void run_engine_blocking(std::shared_ptr<detail::job_engine> j, const job_options& options) {
     std::shared_ptr<detail::pool_core> core = core_;
     std::function<bool()> on_this_thread = [id = std::this_thread::get_id()] { return std::this_thread::get_id() == id; };
     const auto ticket = core->claim(on_this_thread, /*blocking=*/true);
@@ -696,15 +709,12 @@ class process_pool {
     std::optional<asio::io_context> own;
     asio::io_context& io = home ? core->io : own.emplace(1);
     std::exception_ptr error;
-    std::optional<typename Job::value_type> out;
     try {
-      asio::co_spawn(
-          io,
-          [&]() -> asio::awaitable<void> {
-            out.emplace(co_await run_guarded(core, std::move(j), home ? &core->io : nullptr, on_this_thread, ticket,
-                                             options.stop_token));
-          },
-          [&](std::exception_ptr e) { error = e; });
+      // The job is kept by the completion handler: alive as long as the
+      // coroutine, should io.run() end before it does.
+      asio::co_spawn(io,
+                     run_guarded(core, *j, home ? &core->io : nullptr, on_this_thread, ticket, options.stop_token),
+                     [&error, j](std::exception_ptr e) { error = e; });
     } catch (...) {
       if (home) core->give_back_home();
       core->release(ticket);
@@ -720,7 +730,6 @@ class process_pool {
     io.restart();
     io.run();
     if (error) std::rethrow_exception(error);
-    return std::move(*out);
   }
 
   template <class Job, class CompletionToken>
@@ -733,13 +742,13 @@ class process_pool {
           if constexpr (detail::is_io_executor<own_executor>::value) {
             auto ex = asio::make_strand(asio::get_associated_executor(handler));
             auto probe = detail::loop_thread_probe(ex);
-            asio::co_spawn(ex, run_guarded(core, std::move(j), nullptr, std::move(probe), std::nullopt, std::move(stop)),
+            asio::co_spawn(ex, run_owned(core, std::move(j), nullptr, std::move(probe), std::move(stop)),
                            std::move(handler));
           } else if (auto ex = core->background_executor()) {
             auto probe = detail::loop_thread_probe(*ex);
             asio::co_spawn(*ex,
-                           run_guarded(core, std::move(j), &core->background_context(), std::move(probe), std::nullopt,
-                                       std::move(stop)),
+                           run_owned(core, std::move(j), &core->background_context(), std::move(probe),
+                                     std::move(stop)),
                            std::move(handler));
           } else {
             // Shut down: the background loop is gone, so the refusal is

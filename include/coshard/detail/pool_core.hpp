@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "coshard/detail/parent/local_transport.hpp"
 #include "coshard/detail/parent/slot_scheduler.hpp"
 #include "coshard/detail/parent/task_stream.hpp"
 #include "coshard/detail/worker_set.hpp"
@@ -265,6 +266,8 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
 
  public:
   worker_set workers;
+  /// The workers as the job engine sees them.
+  local_transport transport{workers};
   /// Shares the workers between the jobs running at once.
   slot_scheduler scheduler;
   /// A blocking call runs its job here, on the calling thread (see take_home).

@@ -28,6 +28,7 @@
 
 #include "coshard/detail/exec_supervisor.hpp"
 #include "coshard/detail/frame_io.hpp"
+#include "coshard/detail/parent/transport.hpp"
 #include "coshard/detail/supervisor.hpp"
 #include "coshard/pool_options.hpp"
 
@@ -85,10 +86,8 @@ struct worker_slot {
   bool ready = false;
   /// Reads this worker's replies; its buffer is reused from job to job.
   std::unique_ptr<frame_reader> reader;
-  /// Items sent to this worker process so far (for max_items_per_worker).
-  std::size_t items_assigned = 0;
-  /// Over max_worker_rss_bytes: replace once it has answered what it holds.
-  bool retire = false;
+  /// What the worker may still be sent (reset when a worker is taken in).
+  worker_allowance allowance;
   /// The channel as a socket registered with the reactor of `socket_context`,
   /// kept from job to job when jobs run on one of the pool's own io_contexts:
   /// registering the fd for every job costs an epoll_ctl pair and an ioctl per
@@ -385,8 +384,7 @@ class worker_set {
     s.pid = r.pid;
     s.ready = false;
     s.reader = std::make_unique<frame_reader>(opts_.max_frame_bytes);
-    s.items_assigned = 0;
-    s.retire = false;
+    s.allowance = {};
   }
 
   // "" if `h` is the ready frame of a worker that started; else why not.
