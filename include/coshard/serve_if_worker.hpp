@@ -4,7 +4,7 @@
 
 #include <cstring>
 
-#include "coshard/detail/exec_supervisor.hpp"
+#include "coshard/detail/supervisor/exec_supervisor.hpp"
 
 namespace coshard {
 

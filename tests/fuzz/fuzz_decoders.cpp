@@ -77,7 +77,7 @@ void run_batch(std::span<const std::byte> body, const byte_buffer& start) {
 
 template <class Spec>
 const byte_buffer& start_of(const typename Spec::fn_type& fn) {
-  static const byte_buffer start = encode_job_start<Spec>(fn, {}, no_shared{}, {});
+  static const byte_buffer start = encode_job_start(entry<Spec>::id, fn, no_reduce{}, no_shared{}, no_reduce{});
   return start;
 }
 

@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
   write("header", header, hb);
 
   write("job_start", job_start,
-        encode_job_start<strings_spec>(string_size, {}, no_shared{}, {}));
+        encode_job_start(entry<strings_spec>::id, string_size, no_reduce{}, no_shared{}, no_reduce{}));
 
   byte_buffer fb;
   encode_failure(fb, item_failure{failure_kind::threw, 7, {"std::runtime_error", "boom"}});

@@ -4,9 +4,23 @@
 #include <cstddef>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <span>
+#include <type_traits>
+#include <vector>
 
 namespace coshard::detail {
+
+/// A trivially copyable T rebuilt from its bytes at `p` (any alignment), with
+/// no constructor run: lambdas travel this way and need not be default
+/// constructible.
+template <class T>
+T load_trivial(const std::byte* p) noexcept {
+  static_assert(std::is_trivially_copyable_v<T>);
+  alignas(T) std::byte raw[sizeof(T)];
+  std::memcpy(raw, p, sizeof(T));
+  return *std::launder(reinterpret_cast<T*>(raw));
+}
 
 // std::vector<std::byte> value-initialises on resize; batches are written once
 // and reused across jobs, so the zero fill would be pure overhead.
@@ -67,6 +81,31 @@ class byte_buffer {
   std::unique_ptr<std::byte[]> data_;
   std::size_t size_ = 0;
   std::size_t capacity_ = 0;
+};
+
+/// Buffers of frames already sent, kept for the next ones so that a steady
+/// stream of batches or replies allocates nothing per frame.
+class buffer_pool {
+ public:
+  /// Keeps up to `keep` buffers of up to `max_capacity` bytes each.
+  buffer_pool(std::size_t keep, std::size_t max_capacity) : keep_(keep), max_capacity_(max_capacity) {}
+
+  byte_buffer take() {
+    if (spare_.empty()) return {};
+    byte_buffer b = std::move(spare_.back());
+    spare_.pop_back();
+    return b;
+  }
+  void give(byte_buffer b) {
+    b.clear();
+    b.shrink_if_above(max_capacity_);
+    if (spare_.size() < keep_) spare_.push_back(std::move(b));
+  }
+
+ private:
+  std::size_t keep_;
+  std::size_t max_capacity_;
+  std::vector<byte_buffer> spare_;
 };
 
 }  // namespace coshard::detail

@@ -27,6 +27,8 @@
 #include <thread>
 #include <vector>
 
+#include "coshard/detail/exit_codes.hpp"
+
 namespace coshard::detail {
 
 /// Closes every descriptor above stderr except `keep`. A child that holds a
@@ -102,8 +104,6 @@ inline pid_t current_pid() noexcept {
   return cache::instance().pid.load(std::memory_order_relaxed);
 }
 
-/// Exit code of a worker whose leak check (sanitized builds) found leaks.
-inline constexpr int leak_found_exit_code = 23;
 
 /// In an AddressSanitizer build, runs LeakSanitizer over this process (a
 /// worker leaving cleanly through _exit, which skips the check at exit) and

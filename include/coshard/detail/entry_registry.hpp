@@ -18,6 +18,7 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "coshard/detail/byte_buffer.hpp"
 #include "coshard/errors.hpp"
 
 namespace coshard::detail {
@@ -96,9 +97,7 @@ T object_from_bytes(std::span<const std::byte> bytes, const char* what) {
   if (bytes.size() != sizeof(T))
     throw serialization_error(std::string("coshard: received ") + std::to_string(bytes.size()) +
                               " bytes for the " + what + ", expected " + std::to_string(sizeof(T)));
-  alignas(T) std::byte raw[sizeof(T)];
-  std::memcpy(raw, bytes.data(), sizeof(T));
-  return *std::launder(reinterpret_cast<T*>(raw));
+  return load_trivial<T>(bytes.data());
 }
 
 /// The job runners a worker can make.

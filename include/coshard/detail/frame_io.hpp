@@ -57,7 +57,7 @@ class frame_reader {
   asio::awaitable<std::span<const std::byte>> read(Stream& s, frame_header& h) {
     consume();
     co_await fill(s, sizeof h);
-    std::memcpy(&h, buf_.data() + begin_, sizeof h);
+    h = load_trivial<frame_header>(buf_.data() + begin_);
     validate_header(h, max_frame_);
     co_await fill(s, sizeof h + h.payload_size);
     pending_ = sizeof h + h.payload_size;

@@ -12,7 +12,7 @@
 #include <string>
 
 #include "coshard/detail/child_setup.hpp"
-#include "coshard/detail/worker_process.hpp"
+#include "coshard/detail/worker/worker_process.hpp"
 
 namespace coshard::detail {
 

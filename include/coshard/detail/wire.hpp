@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "coshard/detail/exit_codes.hpp"
 #include "coshard/errors.hpp"
 
 namespace coshard::detail {
@@ -76,9 +77,5 @@ enum class failure_kind : std::uint8_t {
   cancelled = 2,  // the job was cancelled before or while the item ran
   undecodable = 3,  // the item's input could not be decoded: the batch's other items go back
 };
-
-/// Exit code of a worker whose watchdog found a plain function stuck past
-/// item_timeout + timeout_grace (the convention of timeout(1)).
-inline constexpr int timeout_exit_code = 124;
 
 }  // namespace coshard::detail

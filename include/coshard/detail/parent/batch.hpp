@@ -34,31 +34,6 @@ struct batch_record {
   }
 };
 
-/// Payload buffers of answered batches, kept for the next ones so that a
-/// job's steady state allocates nothing per batch.
-class buffer_pool {
- public:
-  /// Keeps up to `keep` buffers of up to `max_capacity` bytes each.
-  buffer_pool(std::size_t keep, std::size_t max_capacity) : keep_(keep), max_capacity_(max_capacity) {}
-
-  byte_buffer take() {
-    if (spare_.empty()) return {};
-    byte_buffer b = std::move(spare_.back());
-    spare_.pop_back();
-    return b;
-  }
-  void give(byte_buffer b) {
-    b.clear();
-    b.shrink_if_above(max_capacity_);
-    if (spare_.size() < keep_) spare_.push_back(std::move(b));
-  }
-
- private:
-  std::size_t keep_;
-  std::size_t max_capacity_;
-  std::vector<byte_buffer> spare_;
-};
-
 /// Chooses batch sizes: fixed, or adapted so one batch takes about
 /// `target_batch_time` in a worker, measured from the workers' own timings.
 class batch_sizer {
@@ -93,8 +68,8 @@ class batch_sizer {
     // The first measurement sets the size outright; later ones move it gradually.
     const double lo = static_cast<double>(current_) / 2;
     const double hi = first ? want : static_cast<double>(current_) * 4;
-    current_ = std::clamp<std::size_t>(static_cast<std::size_t>(std::clamp(want, lo, std::max(lo, hi))),
-                                       min_, max_items);
+    current_ =
+        std::clamp<std::size_t>(static_cast<std::size_t>(std::clamp(want, lo, std::max(lo, hi))), min_, max_items);
     floor_ = std::max<std::size_t>(1, static_cast<std::size_t>(want / 8));
   }
 

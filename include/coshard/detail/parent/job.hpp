@@ -9,36 +9,11 @@
 #include <ranges>
 #include <string>
 
-#include "coshard/detail/job_runner.hpp"
+#include "coshard/detail/job_spec.hpp"
 #include "coshard/detail/parent/job_engine.hpp"
+#include "coshard/detail/worker/task_runner.hpp"  // entry<Spec>: registered in this binary, run by its workers
 
 namespace coshard::detail {
-
-/// Bytes of a job_start frame: entry id, the job's item_timeout, then each
-/// part with its length.
-template <class Spec>
-byte_buffer encode_job_start(const typename Spec::fn_type& fn, const typename Spec::reduce_type& reduce,
-                             const typename Spec::shared_type& shared, const typename Spec::acc_type& init,
-                             std::chrono::milliseconds item_timeout = {}) {
-  byte_buffer out;
-  encode_value(out, entry<Spec>::id);
-  encode_value(out, static_cast<std::uint64_t>(std::chrono::nanoseconds(item_timeout).count()));
-  auto raw = [&](const auto& obj) {
-    encode_value(out, std::uint64_t{sizeof(obj)});
-    out.append(std::addressof(obj), sizeof(obj));
-  };
-  auto encoded = [&](const auto& value) {
-    byte_buffer part;
-    encode_value(part, value);
-    encode_value(out, std::uint64_t{part.size()});
-    out.append(part.data(), part.size());
-  };
-  raw(fn);
-  raw(reduce);
-  encoded(shared);
-  encoded(init);
-  return out;
-}
 
 /// One job: input `View` (an input_source or a stream_source) cut into
 /// batches of Spec's input type, results into `Collector`.
@@ -57,8 +32,8 @@ class job final : public job_engine {
  public:
   using value_type = typename Collector::value_type;
 
-  job(worker_transport& transport, slot_scheduler& scheduler, job_settings settings, std::uint64_t job_id,
-      View inputs, byte_buffer job_start, Collector collector)
+  job(worker_transport& transport, slot_scheduler& scheduler, job_settings settings, std::uint64_t job_id, View inputs,
+      byte_buffer job_start, Collector collector)
       : job_engine(transport, scheduler, settings, job_id, std::move(job_start),
                    job_shape{Spec::traits::is_awaitable, Collector::settled, streaming}),
         inputs_(std::move(inputs)),
@@ -87,8 +62,7 @@ class job final : public job_engine {
     std::size_t count = 0;
     if constexpr (std::ranges::contiguous_range<range> && bitwise_serializable<T>) {
       const auto left = static_cast<std::size_t>(end - it);
-      const std::uint64_t by_bytes =
-          std::min<std::uint64_t>(opts_.max_batch_bytes, opts_.max_frame_bytes) / sizeof(T);
+      const std::uint64_t by_bytes = std::min<std::uint64_t>(opts_.max_batch_bytes, opts_.max_frame_bytes) / sizeof(T);
       count = std::min({target, left, static_cast<std::size_t>(std::max<std::uint64_t>(1, by_bytes))});
       rec.payload.append(std::to_address(it), count * sizeof(T));
       it += static_cast<std::ptrdiff_t>(count);

@@ -34,13 +34,14 @@
 #include <string>
 #include <vector>
 
-#include "coshard/detail/job_runner.hpp"
+#include "coshard/detail/item_failure.hpp"
 #include "coshard/detail/parent/batch.hpp"
+#include "coshard/detail/parent/collectors.hpp"
 #include "coshard/detail/parent/slot_scheduler.hpp"
 #include "coshard/detail/parent/transport.hpp"
 #include "coshard/detail/process.hpp"
-#include "coshard/detail/supervisor.hpp"
-#include "coshard/detail/worker_process.hpp"
+#include "coshard/detail/parent/supervisor_link.hpp"
+#include "coshard/detail/worker/worker_process.hpp"
 #include "coshard/errors.hpp"
 #include "coshard/job_options.hpp"
 
@@ -159,7 +160,7 @@ class job_engine {
   void reject_input(std::uint64_t index, const std::string& type_name, const std::string& why) {
     fail_item(index, std::make_exception_ptr(task_error(type_name, why, static_cast<std::size_t>(index), ::getpid())));
   }
-  [[nodiscard]] bool stopping() const { return cancelled_ || failure_ || item_failure_; }
+  [[nodiscard]] bool stopping() const { return cancelled_ || failure_ || first_item_error_; }
   [[nodiscard]] std::size_t next_batch_size() const {
     std::optional<std::size_t> remaining;
     if (total_) remaining = *total_ - next_index_;
@@ -184,7 +185,7 @@ class job_engine {
   // Called where the job first learns it is stopping: was that a forced
   // shutdown cutting it short?
   void note_stop_cause() {
-    if (!cancelled_ && !failure_ && !item_failure_ && transport_.forced_shutdown()) cut_by_forced_shutdown_ = true;
+    if (!cancelled_ && !failure_ && !first_item_error_ && transport_.forced_shutdown()) cut_by_forced_shutdown_ = true;
   }
 
   void fail(std::exception_ptr e) {
@@ -201,10 +202,7 @@ class job_engine {
       on_item_error(index, std::move(e));
       return;
     }
-    if (!item_failure_ || index < item_failure_index_) {
-      item_failure_ = std::move(e);
-      item_failure_index_ = index;
-    }
+    first_item_error_.offer(index, std::move(e));
     notify();
   }
 
@@ -267,9 +265,7 @@ class job_engine {
   }
 
   // Whether input waits to be cut now.
-  [[nodiscard]] bool input_waiting() const {
-    return !input_done_ && (!shape_.streaming || input_queued() > 0);
-  }
+  [[nodiscard]] bool input_waiting() const { return !input_done_ && (!shape_.streaming || input_queued() > 0); }
 
   // Slots the scheduler granted since the last call: served, or handed
   // straight back if the job has nothing left.
@@ -296,8 +292,7 @@ class job_engine {
   // Items this worker process may still be sent under max_items_per_worker.
   [[nodiscard]] std::size_t item_budget(std::size_t i) {
     if (!opts_.max_items_per_worker) return std::numeric_limits<std::size_t>::max();
-    return opts_.max_items_per_worker -
-           std::min(opts_.max_items_per_worker, transport_.allowance(i).items_assigned);
+    return opts_.max_items_per_worker - std::min(opts_.max_items_per_worker, transport_.allowance(i).items_assigned);
   }
 
   [[nodiscard]] bool must_retire(std::size_t i) { return transport_.allowance(i).retire || item_budget(i) == 0; }
@@ -364,7 +359,7 @@ class job_engine {
   }
 
   asio::awaitable<void> serve(std::size_t i);
-  asio::awaitable<bool> incarnation(std::size_t i, worker_channel& link, std::size_t& answered);
+  asio::awaitable<bool> serve_worker(std::size_t i, worker_channel& link, std::size_t& answered);
 
   static std::string describe_exit(int status) {
     if (status == unknown_wait_status) return "killed with its supervisor process";
@@ -382,9 +377,8 @@ class job_engine {
 
   // Retries go out lowest input index first.
   void sort_retries() {
-    std::sort(retry_.begin(), retry_.end(), [](const batch_record& a, const batch_record& b) {
-      return a.first < b.first;
-    });
+    std::sort(retry_.begin(), retry_.end(),
+              [](const batch_record& a, const batch_record& b) { return a.first < b.first; });
   }
 
   // Takes the batch whose write just failed back from the worker's held list.
@@ -421,8 +415,7 @@ class job_engine {
   bool cut_by_forced_shutdown_ = false;
   buffer_pool spare_;
   std::exception_ptr failure_;
-  std::exception_ptr item_failure_;
-  std::uint64_t item_failure_index_ = 0;
+  lowest_index_failure<std::exception_ptr> first_item_error_;
 };
 
 inline asio::awaitable<void> job_engine::run() {
@@ -430,9 +423,8 @@ inline asio::awaitable<void> job_engine::run() {
   co_await asio::this_coro::throw_if_cancelled(false);
   co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation());
   if (job_start_.size() > opts_.max_frame_bytes)
-    throw pool_error("coshard: the job's function, reducer and shared value take " +
-                     std::to_string(job_start_.size()) + " bytes encoded, above max_frame_bytes (" +
-                     std::to_string(opts_.max_frame_bytes) + ")");
+    throw pool_error("coshard: the job's function, reducer and shared value take " + std::to_string(job_start_.size()) +
+                     " bytes encoded, above max_frame_bytes (" + std::to_string(opts_.max_frame_bytes) + ")");
   open_input();
   asio::steady_timer all_done(ex, asio::steady_timer::time_point::max());
   all_done_ = &all_done;
@@ -448,11 +440,14 @@ inline asio::awaitable<void> job_engine::run() {
     });
   std::vector<std::size_t> now;
   last_demand_ = demand();
-  tenant_ = scheduler_.join(last_demand_, [ex, self] {
-    asio::post(ex, [self] {
-      if (*self) (*self)->pick_up();
-    });
-  }, now);
+  tenant_ = scheduler_.join(
+      last_demand_,
+      [ex, self] {
+        asio::post(ex, [self] {
+          if (*self) (*self)->pick_up();
+        });
+      },
+      now);
   // If this coroutine is destroyed before it ends (its io_context is
   // destroyed while the pool lives on), the slots it leased go back: their
   // workers are let go (what they hold belongs to a job that no longer
@@ -504,8 +499,8 @@ inline asio::awaitable<void> job_engine::run() {
     end = std::make_exception_ptr(std::system_error(asio::error::operation_aborted, "coshard: job cancelled"));
   else if (failure_)
     end = failure_;
-  else if (item_failure_)
-    end = item_failure_;
+  else if (first_item_error_)
+    end = first_item_error_.get();
   on_end(end);  // a stream's open tasks
   if (end) std::rethrow_exception(end);
 }
@@ -577,7 +572,7 @@ inline asio::awaitable<void> job_engine::serve(std::size_t i) {
         }
       } on_exit{ch};
       try {
-        if (!co_await incarnation(i, *link, answered)) co_return;
+        if (!co_await serve_worker(i, *link, answered)) co_return;
       } catch (const serialization_error& e) {
         corrupt = true;
         cause = e.what();
@@ -608,8 +603,8 @@ inline asio::awaitable<void> job_engine::serve(std::size_t i) {
       idle_deaths = 0;
     } else if (++idle_deaths >= max_idle_deaths) {
       fail(std::make_exception_ptr(pool_error("coshard: worker slot " + std::to_string(i) + " died " +
-                                              std::to_string(max_idle_deaths) + " times in a row while idle (last: " +
-                                              how + ")")));
+                                              std::to_string(max_idle_deaths) +
+                                              " times in a row while idle (last: " + how + ")")));
       co_return;
     }
   }
@@ -617,7 +612,7 @@ inline asio::awaitable<void> job_engine::serve(std::size_t i) {
 
 // Serves one worker until the job needs no more of it; returns true if the
 // worker is to be retired and replaced instead.
-inline asio::awaitable<bool> job_engine::incarnation(std::size_t i, worker_channel& link, std::size_t& answered) {
+inline asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worker_channel& link, std::size_t& answered) {
   channel& ch = channels_[i];
   if (must_retire(i)) co_return true;
   // A worker learns of the job with its first batch, in the same write: a
@@ -719,11 +714,11 @@ inline void job_engine::requeue_lost(std::size_t i, const worker_end& end, const
   const bool alone = ch.held.size() == 1;
   for (batch_record& rec : ch.held) {
     if (timed_out >= rec.first && timed_out < rec.first + rec.count) {
-      fail_item(timed_out, std::make_exception_ptr(timeout_error(
-                               "coshard: input index " + std::to_string(timed_out) +
-                                   " ran past item_timeout + timeout_grace; its worker (pid " + std::to_string(pid) +
-                                   ") was replaced",
-                               static_cast<std::size_t>(timed_out), pid)));
+      fail_item(timed_out,
+                std::make_exception_ptr(timeout_error("coshard: input index " + std::to_string(timed_out) +
+                                                          " ran past item_timeout + timeout_grace; its worker (pid " +
+                                                          std::to_string(pid) + ") was replaced",
+                                                      static_cast<std::size_t>(timed_out), pid)));
       const std::size_t k = timed_out - rec.first;
       if (k > 0) retry_.push_back(slice(rec, 0, k));
       if (k + 1 < rec.count) retry_.push_back(slice(rec, k + 1, rec.count));

@@ -10,7 +10,7 @@
 
 #include "coshard/detail/frame_io.hpp"
 #include "coshard/detail/parent/transport.hpp"
-#include "coshard/detail/worker_set.hpp"
+#include "coshard/detail/parent/worker_set.hpp"
 
 namespace coshard::detail {
 
@@ -93,8 +93,8 @@ class local_transport final : public worker_transport {
     worker_end end;
     end.pid = s.pid.load();
     if (kill && end.pid > 0) workers_.supervisor().kill(end.pid);
-    end.status = end.pid > 0 ? co_await workers_.exit_status(end.pid, co_await asio::this_coro::executor)
-                             : unknown_wait_status;
+    end.status =
+        end.pid > 0 ? co_await workers_.exit_status(end.pid, co_await asio::this_coro::executor) : unknown_wait_status;
     // The status page is read before a restart resets it.
     end.timed_out_index = s.status ? s.status->timed_out_index.load() : worker_status::none;
     workers_.drop_worker(s);

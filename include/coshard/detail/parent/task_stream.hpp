@@ -33,7 +33,7 @@
 #include <system_error>
 #include <utility>
 
-#include "coshard/detail/collectors.hpp"
+#include "coshard/detail/parent/collectors.hpp"
 #include "coshard/errors.hpp"
 
 namespace coshard::detail {

@@ -1,4 +1,4 @@
-// coshard/detail/pool_core.hpp - what a process_pool owns, shared with its
+// coshard/detail/parent/pool_core.hpp - what a process_pool owns, shared with its
 // running jobs: the workers and their scheduler, the event loops jobs run on,
 // which jobs run now and how to cancel them, and the bounded shutdown.
 #pragma once
@@ -30,7 +30,7 @@
 #include "coshard/detail/parent/local_transport.hpp"
 #include "coshard/detail/parent/slot_scheduler.hpp"
 #include "coshard/detail/parent/task_stream.hpp"
-#include "coshard/detail/worker_set.hpp"
+#include "coshard/detail/parent/worker_set.hpp"
 #include "coshard/errors.hpp"
 #include "coshard/pool_options.hpp"
 
@@ -197,7 +197,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     const auto grace = workers.options().shutdown_timeout;
     {
       std::lock_guard lock(jobs_mutex_);
-      workers.close(mode == shutdown_mode::forced);
+      workers.stop_starting(mode == shutdown_mode::forced);
     }
     if (mode == shutdown_mode::forced) workers.kill_all();
     try {

@@ -1,4 +1,4 @@
-// coshard/detail/collectors.hpp - what the parent does with each reply: place
+// coshard/detail/parent/collectors.hpp - what the parent does with each reply: place
 // results in input order, fold partials, or hand results to a sink.
 #pragma once
 
@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "coshard/detail/job_runner.hpp"
+#include "coshard/detail/item_failure.hpp"
 #include "coshard/detail/wire.hpp"
 #include "coshard/outcome.hpp"
 #include "coshard/serialization.hpp"

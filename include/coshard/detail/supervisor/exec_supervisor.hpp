@@ -1,4 +1,4 @@
-// coshard/detail/exec_supervisor.hpp - start_method::exec: the supervisor is
+// coshard/detail/supervisor/exec_supervisor.hpp - start_method::exec: the supervisor is
 // the program's own binary run again, handed only its control socket, the
 // workers' status pages and its settings, and told so by its arguments.
 //
@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "coshard/detail/process.hpp"
-#include "coshard/detail/supervisor.hpp"
+#include "coshard/detail/parent/supervisor_link.hpp"
 #include "coshard/pool_options.hpp"
 #include "coshard/shippable_function.hpp"
 
@@ -209,9 +209,8 @@ inline exec_inputs read_exec_inputs() {
     done += static_cast<std::size_t>(n);
   }
   ::close(exec_config_fd);
-  exec_settings h;
-  if (config.size() < sizeof h) throw pool_error("coshard: the supervisor's settings are truncated");
-  std::memcpy(&h, config.data(), sizeof h);
+  if (config.size() < sizeof(exec_settings)) throw pool_error("coshard: the supervisor's settings are truncated");
+  const auto h = load_trivial<exec_settings>(reinterpret_cast<const std::byte*>(config.data()));
   if (config.size() != sizeof h + h.initializer_size + h.async_initializer_size)
     throw pool_error("coshard: the supervisor's settings have the wrong size");
   if (h.slots == 0 || h.slots > 4096) throw pool_error("coshard: the supervisor's settings name no valid slot count");
@@ -257,7 +256,7 @@ inline exec_inputs read_exec_inputs() {
   if (argc != 4 || !env || std::strcmp(env, argv[2]) != 0 || std::strcmp(argv[3], exec_protocol_version) != 0) {
     std::fprintf(stderr, "coshard: %s is passed only by a pool to its own re-executed program (protocol %s)\n",
                  exec_supervisor_flag, exec_protocol_version);
-    ::_exit(2);
+    ::_exit(supervisor_usage_exit_code);
   }
   ::unsetenv(exec_supervisor_env);  // the workers it forks and their children are ordinary programs
   const pid_t owner = static_cast<pid_t>(std::strtol(argv[2], nullptr, 10));
@@ -279,7 +278,7 @@ inline exec_inputs read_exec_inputs() {
     send_message(exec_control_fd, {supervisor_op::start_failed, 0, 0, ::getpid(), 0});
     send_text(exec_control_fd, "a non-standard exception");
   }
-  ::_exit(70);
+  ::_exit(supervisor_failed_exit_code);
 }
 
 }  // namespace coshard::detail

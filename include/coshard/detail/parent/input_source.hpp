@@ -1,4 +1,4 @@
-// coshard/detail/input_source.hpp - holds a job's input range: borrowed when
+// coshard/detail/parent/input_source.hpp - holds a job's input range: borrowed when
 // the caller passed an lvalue, owned when it passed an rvalue.
 #pragma once
 

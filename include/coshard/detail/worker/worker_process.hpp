@@ -1,4 +1,4 @@
-// coshard/detail/worker_process.hpp - the event loop a worker process runs
+// coshard/detail/worker/worker_process.hpp - the event loop a worker process runs
 // until its channel to the parent closes.
 #pragma once
 
@@ -22,13 +22,15 @@
 #include <cstdio>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "coshard/detail/exit_codes.hpp"
 #include "coshard/detail/frame_io.hpp"
-#include "coshard/detail/job_runner.hpp"
+#include "coshard/detail/worker/task_runner.hpp"
 #include "coshard/shippable_function.hpp"
 
 namespace coshard::detail {
@@ -57,9 +59,6 @@ struct worker_settings {
   // threads' stacks, so the owner's live objects would look leaked.
   bool leak_check_at_exit = false;
 };
-
-/// Exit code of a worker whose initializer failed (it said why first).
-inline constexpr int init_failed_exit_code = 4;
 
 class worker_process final : public worker_context {
  public:
@@ -96,12 +95,7 @@ class worker_process final : public worker_context {
   [[nodiscard]] std::uint64_t max_frame_bytes() const override { return settings_.max_frame_bytes; }
   item_watch& watch() override { return watch_; }
 
-  byte_buffer take_buffer() override {
-    if (spare_.empty()) return {};
-    byte_buffer b = std::move(spare_.back());
-    spare_.pop_back();
-    return b;
-  }
+  byte_buffer take_buffer() override { return spare_.take(); }
 
   void send(const frame_header& h, byte_buffer payload) override {
     outbox_.emplace_back(h, std::move(payload));
@@ -287,8 +281,7 @@ class worker_process final : public worker_context {
     while (!outbox_.empty()) {
       auto& [h, payload] = outbox_.front();
       co_await write_frame(socket_, h, payload.view());
-      payload.clear();
-      if (spare_.size() < 8) spare_.push_back(std::move(payload));
+      spare_.give(std::move(payload));
       outbox_.pop_front();
     }
     writing_ = false;
@@ -299,7 +292,7 @@ class worker_process final : public worker_context {
   asio::local::stream_protocol::socket socket_;
   frame_reader reader_{settings_.max_frame_bytes};
   std::deque<std::pair<frame_header, byte_buffer>> outbox_;
-  std::vector<byte_buffer> spare_;
+  buffer_pool spare_{8, std::numeric_limits<std::size_t>::max()};
   bool writing_ = false;
   std::shared_ptr<job_runner> runner_;
   std::uint64_t job_ = 0;

@@ -1,5 +1,6 @@
-// coshard/detail/job_runner.hpp - the worker side of a job: decode a batch, run
-// its items (inline, or as up to `concurrency` coroutines), reply once.
+// coshard/detail/worker/task_runner.hpp - the worker side of a job: decode a
+// batch, run its items (inline, or as up to `concurrency` coroutines), reply
+// once per batch.
 #pragma once
 
 #include "coshard/detail/asio_config.hpp"
@@ -13,174 +14,22 @@
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
-#include <atomic>
 #include <chrono>
-#include <cstring>
 #include <deque>
 #include <list>
 #include <memory>
-#include <new>
 #include <optional>
 #include <span>
 #include <type_traits>
 #include <vector>
 
-#include "coshard/detail/byte_buffer.hpp"
-#include "coshard/detail/demangle.hpp"
 #include "coshard/detail/entry_registry.hpp"
-#include "coshard/detail/task_traits.hpp"
-#include "coshard/detail/wire.hpp"
+#include "coshard/detail/item_failure.hpp"
+#include "coshard/detail/job_spec.hpp"
+#include "coshard/detail/worker/worker_context.hpp"
 #include "coshard/serialization.hpp"
 
 namespace coshard::detail {
-
-/// Lets the worker's watchdog thread see which item runs and until when it
-/// may (0: none running). A plain function sets the two atomics around each
-/// call; awaitable items, several at once, register with begin/end and the
-/// watchdog sees the one due first, so that an awaitable blocking the loop
-/// is caught as a stuck plain function is.
-struct item_watch {
-  std::atomic<std::uint64_t> index{0};
-  std::atomic<std::uint64_t> deadline_ns{0};
-  /// Awaitable items running at once; with more than one, a blocked loop
-  /// cannot be pinned on the item due first.
-  std::atomic<std::uint32_t> running_count{0};
-
-  // (deadline, index) of each running awaitable item; loop thread only.
-  using running_list = std::list<std::pair<std::uint64_t, std::uint64_t>>;
-  running_list running;
-
-  running_list::iterator begin_item(std::uint64_t index, std::uint64_t deadline) {
-    auto it = running.emplace(running.end(), deadline, index);
-    publish_earliest();
-    return it;
-  }
-  void end_item(running_list::iterator it) {
-    running.erase(it);
-    publish_earliest();
-  }
-
- private:
-  void publish_earliest() {
-    std::uint64_t best = 0, best_index = 0;
-    for (auto& [deadline, idx] : running)
-      if (best == 0 || deadline < best) {
-        best = deadline;
-        best_index = idx;
-      }
-    index.store(best_index, std::memory_order_relaxed);
-    running_count.store(static_cast<std::uint32_t>(running.size()), std::memory_order_relaxed);
-    deadline_ns.store(best, std::memory_order_release);
-  }
-};
-
-/// What a runner may ask of the worker process hosting it.
-class worker_context {
- public:
-  virtual ~worker_context() = default;
-  virtual asio::io_context& io() = 0;
-  [[nodiscard]] virtual std::size_t concurrency() const = 0;
-  [[nodiscard]] virtual std::chrono::nanoseconds item_timeout() const = 0;
-  /// Largest frame the parent accepts.
-  [[nodiscard]] virtual std::uint64_t max_frame_bytes() const = 0;
-  virtual item_watch& watch() = 0;
-  /// An empty buffer, recycled from earlier replies when possible.
-  virtual byte_buffer take_buffer() = 0;
-  /// Queues a reply frame; never blocks and never waits for the parent.
-  virtual void send(const frame_header& h, byte_buffer payload) = 0;
-};
-
-class job_runner : public std::enable_shared_from_this<job_runner> {
- public:
-  virtual ~job_runner() = default;
-  /// Runs or starts one batch; the payload is valid only during the call.
-  virtual void on_batch(const frame_header& h, std::span<const std::byte> payload) = 0;
-  /// Skips every queued item and cancels the running coroutines; each held
-  /// batch still gets its reply.
-  virtual void cancel() = 0;
-};
-
-inline std::uint64_t steady_now_ns() {
-  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                        std::chrono::steady_clock::now().time_since_epoch())
-                                        .count());
-}
-
-inline frame_header reply_header(const frame_header& batch, frame_type type) {
-  frame_header h = batch;
-  h.type = type;
-  h.payload_size = 0;
-  h.elapsed_ns = 0;
-  return h;
-}
-
-/// One failed item as it travels: how it failed and what was thrown.
-struct item_failure {
-  failure_kind kind = failure_kind::threw;
-  std::uint64_t index = 0;
-  exception_description what;
-};
-
-inline void encode_failure(byte_buffer& out, const item_failure& f) {
-  encode_value(out, static_cast<std::uint8_t>(f.kind));
-  encode_value(out, f.index);
-  encode_value(out, f.what.type_name);
-  encode_value(out, f.what.message);
-}
-
-inline item_failure decode_failure(input_archive& in) {
-  item_failure f;
-  const auto kind = decode_one<std::uint8_t>(in);
-  if (kind > static_cast<std::uint8_t>(failure_kind::undecodable))
-    throw serialization_error("coshard: corrupt failure record: kind " + std::to_string(kind));
-  f.kind = static_cast<failure_kind>(kind);
-  f.index = decode_one<std::uint64_t>(in);
-  f.what.type_name = decode_one<std::string>(in);
-  f.what.message = decode_one<std::string>(in);
-  return f;
-}
-
-inline void send_task_failed(worker_context& ctx, const frame_header& batch, const item_failure& f) {
-  byte_buffer out = ctx.take_buffer();
-  encode_failure(out, f);
-  frame_header h = reply_header(batch, frame_type::task_failed);
-  h.payload_size = out.size();
-  ctx.send(h, std::move(out));
-}
-
-/// The static shape of a job: function, input, shared value, reducer,
-/// accumulator, and whether every item reports its own outcome (settled).
-template <class F, class T, class S, class Reduce, class Acc, bool Settled = false>
-struct job_spec {
-  using fn_type = F;
-  using input_type = T;
-  using shared_type = S;
-  using reduce_type = Reduce;
-  using acc_type = Acc;
-  using traits = task_traits<F, S, T>;
-  using result_type = typename traits::result_type;
-  static constexpr bool is_reduce = !std::is_same_v<Reduce, no_reduce>;
-  static constexpr bool settled = Settled;
-  static_assert(!(settled && is_reduce));
-};
-
-// Result records of settled jobs: tag 1 + byte length + value, or tag 0 +
-// failure. The length lets the caller skip a value it cannot decode and
-// still deliver the rest of the batch.
-template <class R>
-void encode_settled_value(byte_buffer& out, const R& value) {
-  encode_value(out, std::uint8_t{1});
-  const std::size_t length_at = out.size();
-  encode_value(out, std::uint64_t{0});
-  const std::size_t start = out.size();
-  encode_value(out, value);
-  const std::uint64_t length = out.size() - start;
-  std::memcpy(out.data() + length_at, &length, sizeof length);
-}
-inline void encode_settled_failure(byte_buffer& out, const item_failure& f) {
-  encode_value(out, std::uint8_t{0});
-  encode_failure(out, f);
-}
 
 template <class Spec>
 class task_runner final : public job_runner {
@@ -258,11 +107,6 @@ class task_runner final : public job_runner {
     return false;
   }
 
-  static T load_raw(const std::byte* p) {
-    alignas(T) std::byte raw[sizeof(T)];
-    std::memcpy(raw, p, sizeof(T));
-    return *std::launder(reinterpret_cast<T*>(raw));
-  }
 
   // Plain functions: one pass over the payload, no coroutine frame per item.
   void run_batch_inline(const frame_header& h, std::span<const std::byte> payload) {
@@ -279,7 +123,7 @@ class task_runner final : public job_runner {
       const std::uint64_t index = h.first_index + i;
       std::optional<T> decoded;
       if constexpr (raw_inputs) {
-        decoded.emplace(load_raw(payload.data() + std::size_t{i} * sizeof(T)));
+        decoded.emplace(load_trivial<T>(payload.data() + std::size_t{i} * sizeof(T)));
       } else {
         try {
           decoded.emplace(decode_one<T>(in));
@@ -334,7 +178,7 @@ class task_runner final : public job_runner {
     std::conditional_t<is_reduce, Acc, std::vector<std::optional<R>>> out;
     std::vector<std::optional<item_failure>> failures;  // settled jobs: per item
     std::uint32_t remaining = 0;
-    std::optional<item_failure> first_failure;  // other jobs: lowest index
+    lowest_index_failure<item_failure> first_failure;  // other jobs
   };
 
   // One coroutine serving items; `signal` cancels the item it runs.
@@ -355,7 +199,7 @@ class task_runner final : public job_runner {
     if constexpr (raw_inputs) {
       if (!raw_batch_size_ok(h, payload)) return;
       for (std::uint32_t i = 0; i < h.count; ++i)
-        b->inputs.push_back(load_raw(payload.data() + std::size_t{i} * sizeof(T)));
+        b->inputs.push_back(load_trivial<T>(payload.data() + std::size_t{i} * sizeof(T)));
     } else {
       input_archive in(payload);
       for (std::uint32_t i = 0; i < h.count; ++i) {
@@ -392,7 +236,7 @@ class task_runner final : public job_runner {
     if constexpr (settled) {
       b.failures[i] = std::move(f);
     } else {
-      if (!b.first_failure || f.index < b.first_failure->index) b.first_failure = std::move(f);
+      b.first_failure.offer(f.index, std::move(f));
     }
   }
 
@@ -450,7 +294,7 @@ class task_runner final : public job_runner {
   void finish(batch_state& b) {
     if constexpr (!settled) {
       if (b.first_failure) {
-        send_task_failed(ctx_, b.header, *b.first_failure);
+        send_task_failed(ctx_, b.header, b.first_failure.get());
         return;
       }
     }
@@ -497,29 +341,6 @@ class task_runner final : public job_runner {
   std::list<std::shared_ptr<lane_state>> lanes_;
   bool cancelled_ = false;
 };
-
-/// Splits a job_start payload into the entry id and its length-prefixed
-/// parts. Throws serialization_error if any length runs past the payload.
-inline std::pair<std::uint64_t, job_start_view> parse_job_start(std::span<const std::byte> payload) {
-  input_archive in(payload);
-  const auto id = decode_one<std::uint64_t>(in);
-  const auto item_timeout_ns = decode_one<std::uint64_t>(in);
-  auto part = [&] {
-    const auto n = decode_one<std::uint64_t>(in);
-    if (n > in.remaining()) throw serialization_error("coshard: truncated job_start frame");
-    std::span<const std::byte> s = payload.subspan(in.position(), static_cast<std::size_t>(n));
-    in.skip(static_cast<std::size_t>(n));
-    return s;
-  };
-  job_start_view v;
-  v.item_timeout_ns = item_timeout_ns;
-  v.fn = part();
-  v.reduce = part();
-  v.shared = part();
-  v.init = part();
-  check_fully_consumed(in, "job_start");
-  return {id, v};
-}
 
 /// The registered entry point of one job shape. Referencing `entry<Spec>::id`
 /// in the parent instantiates it, which registers it in every process image.

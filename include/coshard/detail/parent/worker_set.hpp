@@ -1,4 +1,4 @@
-// coshard/detail/worker_set.hpp - the parent's view of its worker processes:
+// coshard/detail/parent/worker_set.hpp - the parent's view of its worker processes:
 // one slot per worker, started through the pool's supervisor.
 #pragma once
 
@@ -26,10 +26,10 @@
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 
-#include "coshard/detail/exec_supervisor.hpp"
+#include "coshard/detail/supervisor/exec_supervisor.hpp"
 #include "coshard/detail/frame_io.hpp"
 #include "coshard/detail/parent/transport.hpp"
-#include "coshard/detail/supervisor.hpp"
+#include "coshard/detail/parent/supervisor_link.hpp"
 #include "coshard/pool_options.hpp"
 
 namespace coshard::detail {
@@ -154,7 +154,7 @@ class worker_set {
   [[nodiscard]] supervisor_link& supervisor() noexcept { return link_; }
 
   /// Refuses replacements from now on; a shutdown (`forced` or not) is under way.
-  void close(bool forced = false) noexcept {
+  void stop_starting(bool forced = false) noexcept {
     if (forced) forced_.store(true);
     closing_.store(true);
   }

@@ -1,0 +1,139 @@
+// coshard/detail/supervisor/control.hpp - the messages between a pool's owner
+// and its supervisor process (one SOCK_SEQPACKET socket), and the pidfd calls
+// both sides use.
+#pragma once
+#pragma once
+
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+#include <thread>
+#include <vector>
+
+#include "coshard/detail/child_setup.hpp"
+#include "coshard/detail/oneshot.hpp"
+#include "coshard/detail/process.hpp"
+#include "coshard/errors.hpp"
+
+namespace coshard::detail {
+
+// glibc 2.36 declares these in <sys/pidfd.h> without C linkage for C++;
+// the system calls themselves are in every kernel since 5.3.
+inline int open_pidfd(pid_t pid) noexcept { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+inline int signal_pidfd(int pidfd, int sig) noexcept {
+  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
+}
+
+// ---------------------------------------------------------------------------
+// Control messages (SOCK_SEQPACKET: one message per send, a descriptor rides
+// along with `spawned`).
+// ---------------------------------------------------------------------------
+
+enum class supervisor_op : std::uint32_t {
+  // owner -> supervisor
+  spawn = 1,     // fork a worker for `slot`; answered by spawned or spawn_failed with `id`
+  kill = 2,      // SIGKILL worker `pid`, if it is still a live child
+  kill_all = 3,  // SIGKILL every worker
+  shutdown = 4,  // no more spawns; kill what is left after `arg` ms, then exit
+  // supervisor -> owner
+  spawned = 10,       // worker `pid` started for `slot`; its channel comes as SCM_RIGHTS
+  spawn_failed = 11,  // `arg` is the errno of the failed fork or socketpair
+  exited = 12,        // worker `pid` was reaped; `arg` is its wait status
+  hello = 13,         // the supervisor is ready to serve (its first message)
+  start_failed = 14,  // it cannot serve; one text datagram saying why follows
+};
+
+struct supervisor_message {
+  supervisor_op op{};
+  std::uint32_t slot = 0;
+  std::uint64_t id = 0;
+  std::int32_t pid = 0;
+  std::int32_t arg = 0;
+};
+
+inline bool send_message(int fd, const supervisor_message& m, int pass_fd = -1, int flags = 0) noexcept {
+  iovec iov{const_cast<supervisor_message*>(&m), sizeof m};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  if (pass_fd >= 0) {
+    std::memset(control, 0, sizeof control);
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+  }
+  for (;;) {
+    if (::sendmsg(fd, &msg, MSG_NOSIGNAL | flags) == static_cast<ssize_t>(sizeof m)) return true;
+    if (errno != EINTR) return false;
+  }
+}
+
+/// Receives one message (and the descriptor it carries, close-on-exec, into
+/// `got_fd`). Returns false on EOF or error.
+inline bool receive_message(int fd, supervisor_message& m, int& got_fd) noexcept {
+  got_fd = -1;
+  iovec iov{&m, sizeof m};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n;
+  do {
+    n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  for (cmsghdr* c = n > 0 ? CMSG_FIRSTHDR(&msg) : nullptr; c; c = CMSG_NXTHDR(&msg, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) std::memcpy(&got_fd, CMSG_DATA(c), sizeof(int));
+  if (n != static_cast<ssize_t>(sizeof m)) {
+    if (got_fd >= 0) ::close(got_fd);
+    got_fd = -1;
+    return false;
+  }
+  return true;
+}
+
+/// Sends `text` as one datagram (after start_failed).
+inline void send_text(int fd, const std::string& text) noexcept {
+  const std::size_t n = std::min<std::size_t>(text.size(), 4000);
+  while (::send(fd, text.data(), n, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+  }
+}
+
+/// Builds the settings of the worker for one slot, in the supervisor.
+using worker_settings_factory = std::function<worker_settings(std::uint32_t slot)>;
+
+/// Sets the socket buffers of a worker channel: a whole batch goes down in
+/// one send (the kernel caps the request at net.core.wmem_max).
+inline void size_channel_buffers(int fd) noexcept {
+  const int bytes = 1 << 20;
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+}
+
+}  // namespace coshard::detail
