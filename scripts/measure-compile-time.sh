@@ -5,6 +5,11 @@
 #   asio_only   a bare Asio coroutine program (the floor coshard builds on)
 #   one_map     a program with a single pool.map call
 #   quickstart  examples/quickstart/main.cpp beside the include directory
+# and, with COSHARD_SEPARATE_COMPILATION (CMake target coshard::separate),
+# the same two programs' own files plus the one file that compiles coshard's
+# machinery for the whole program (coshard_src, once per program, unchanged
+# when the program's own files change):
+#   one_map+sep, quickstart+sep, coshard_src
 # Prints the median wall and user+sys seconds of each.
 #
 # usage: scripts/measure-compile-time.sh [runs=5] [include-dir=include] [compiler=g++]
@@ -51,11 +56,19 @@ int main() {
 CPP
 cp "$inc/../examples/quickstart/main.cpp" "$work/quickstart.cpp"
 
+echo '#include <coshard/impl/src.hpp>' >"$work/coshard_src.cpp"
+have_separate=0
+[ -f "$inc/coshard/impl/src.hpp" ] && have_separate=1
+
 programs=(asio_only one_map quickstart)
+((have_separate)) && programs+=(one_map+sep quickstart+sep coshard_src)
 for ((r = 0; r < runs; ++r)); do
   for p in "${programs[@]}"; do
+    src=${p%+sep}
+    flags=()
+    [[ $p == *+sep || $p == coshard_src ]] && flags=(-DCOSHARD_SEPARATE_COMPILATION)
     /usr/bin/time -f "%e %U %S" -o "$work/$p.$r.time" \
-      "$cxx" -std=c++20 -O2 -I"$inc" -c "$work/$p.cpp" -o "$work/$p.o"
+      "$cxx" -std=c++20 -O2 "${flags[@]}" -I"$inc" -c "$work/$src.cpp" -o "$work/$p.o"
   done
 done
 for p in "${programs[@]}"; do
@@ -64,6 +77,6 @@ import statistics, sys
 rows = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
 wall = statistics.median(r[0] for r in rows)
 cpu = statistics.median(r[1] + r[2] for r in rows)
-print(f"{sys.argv[1]:<11} wall {wall:6.2f} s   user+sys {cpu:6.2f} s   ({len(rows)} runs)")
+print(f"{sys.argv[1]:<15} wall {wall:6.2f} s   user+sys {cpu:6.2f} s   ({len(rows)} runs)")
 ' "$p"
 done

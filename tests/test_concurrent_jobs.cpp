@@ -35,10 +35,7 @@ using coshard_test::child_pids;
 
 namespace {
 
-template <class Body>
-void with_pool(const coshard::pool_options& opts, Body body) {
-  coshard_test::with_pool_of<coshard::process_pool>(opts, body);
-}
+using coshard_test::with_pool;
 
 std::vector<long> iota_vector(long n, long from = 0) {
   std::vector<long> v(static_cast<std::size_t>(n));
@@ -49,6 +46,8 @@ std::vector<long> iota_vector(long n, long from = 0) {
 // Counters shared with every worker (mapped before any pool forks).
 struct shared_counters {
   std::atomic<long> big_done{0};
+  std::atomic<long> first_job_started{0};
+  std::atomic<bool> hold_first_job{false};
   std::atomic<int> runs_of[64];
 };
 shared_counters* const counters = coshard_test::shared_with_forks<shared_counters>();
@@ -170,21 +169,28 @@ TEST_CASE("threads and coroutines run jobs of every kind at once on one pool, ea
 
 TEST_CASE("a second job, async or from another thread, runs beside the first instead of waiting for it") {
   with_pool({.workers = 2, .concurrency = 8}, [](coshard::process_pool& pool) {
-    std::atomic<bool> first_result{false};
     std::atomic<bool> a_running{true};
     bool b_done_while_a_ran = false;
-    // A: 160 items of 20 ms, 16 at a time: its results keep coming for ~200 ms.
+    // A: 20000 items of 20 ms each, 16 at a time (25 s of work), until B is
+    // done; from then on each returns at once. So A runs for as long as B
+    // takes, however slow the machine, and its batches still end every few
+    // items, which is where B is given a worker.
+    counters->first_job_started.store(0);
+    counters->hold_first_job.store(true);
     std::jthread a([&] {
-      const auto delivered = pool.for_each_result(iota_vector(160), [](long x) -> asio::awaitable<long> {
-        co_return co_await sleep_then(x, 20ms);
-      }, [&](std::size_t, long) { first_result.store(true); });
-      CHECK(delivered == 160);
+      const auto delivered = pool.for_each_result(iota_vector(20000), [](long x) -> asio::awaitable<long> {
+        counters->first_job_started.fetch_add(1);
+        if (counters->hold_first_job.load()) co_await sleep_then(0, 20ms);
+        co_return x;
+      }, [](std::size_t, long) {});
+      CHECK(delivered == 20000);
       a_running.store(false);
     });
-    while (!first_result.load()) std::this_thread::sleep_for(1ms);
+    while (counters->first_job_started.load() == 0) std::this_thread::sleep_for(1ms);
     // B, blocking, on this thread: it gets a worker at A's next batch boundary.
     CHECK(pool.map(std::vector<long>{1, 2, 3}, [](long x) { return x * 2; }) == std::vector<long>{2, 4, 6});
     b_done_while_a_ran = a_running.load();
+    counters->hold_first_job.store(false);
     // C, async, on the pool's own thread.
     auto c = pool.async_map(std::vector<long>{4, 5}, [](long x) { return x + 1; }, asio::use_future);
     CHECK(c.get() == std::vector<long>{5, 6});

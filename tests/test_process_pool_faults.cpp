@@ -45,10 +45,7 @@ using coshard_test::child_pids;
 
 namespace {
 
-template <class Body>
-void with_pool(const coshard::pool_options& opts, Body body) {
-  coshard_test::with_pool_of<coshard::process_pool>(opts, body);
-}
+using coshard_test::with_pool;
 
 std::vector<long> iota_vector(long n) {
   std::vector<long> v(static_cast<std::size_t>(n));

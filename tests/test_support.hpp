@@ -3,6 +3,7 @@
 #pragma once
 
 #include <catch2/catch.hpp>
+#include <coshard/process_pool.hpp>
 #include <dirent.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -210,6 +211,12 @@ void with_pool_of(const Options& opts, Body body) {
   }
   CHECK(child_pids().empty());
   CHECK(fds.leaked() == 0);
+}
+
+/// with_pool_of for a coshard::process_pool.
+template <class Body>
+void with_pool(const coshard::pool_options& opts, Body body) {
+  with_pool_of<coshard::process_pool>(opts, body);
 }
 
 /// `count` value-initialised Ts in memory shared with every process forked

@@ -50,7 +50,7 @@
 
 #include <benchmark/benchmark.h>
 
-#include <coshard/detail/collectors.hpp>
+#include <coshard/detail/parent/collectors.hpp>
 #include <coshard/serialization.hpp>
 
 #include <cstddef>

@@ -115,9 +115,15 @@ endif()
 
 run_step("build consumer" "${CMAKE_COMMAND}" --build "${build}" -j2 ${build_args})
 
-set(exe "${build}/bin/consumer${CMAKE_EXECUTABLE_SUFFIX}")
-if(NOT EXISTS "${exe}")
-  message(FATAL_ERROR "[${MODE}] consumer binary not found at ${exe}")
-endif()
 set(step_timeout 120)
-run_step("run consumer" "${exe}")
+# consumer: header-only; consumer_separate (where the project builds it):
+# coshard::separate.
+foreach(name IN ITEMS consumer consumer_separate)
+  set(exe "${build}/bin/${name}${CMAKE_EXECUTABLE_SUFFIX}")
+  if(name STREQUAL "consumer" AND NOT EXISTS "${exe}")
+    message(FATAL_ERROR "[${MODE}] consumer binary not found at ${exe}")
+  endif()
+  if(EXISTS "${exe}")
+    run_step("run ${name}" "${exe}")
+  endif()
+endforeach()

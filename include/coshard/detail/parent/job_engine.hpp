@@ -40,6 +40,7 @@
 #include "coshard/detail/parent/slot_scheduler.hpp"
 #include "coshard/detail/parent/transport.hpp"
 #include "coshard/detail/process.hpp"
+#include "coshard/detail/separate_compilation.hpp"
 #include "coshard/detail/parent/supervisor_link.hpp"
 #include "coshard/detail/worker/worker_process.hpp"
 #include "coshard/errors.hpp"
@@ -395,6 +396,36 @@ class job_engine {
   void requeue_lost(std::size_t i, const worker_end& end, const std::string& how);
   void handle_reply(std::size_t i, const frame_header& h, std::span<const std::byte> payload, batch_record* rec);
 
+  // If run() is destroyed before it ends (its io_context is destroyed while
+  // the pool lives on), the slots it leased go back: their workers are let
+  // go (what they hold belongs to a job that no longer exists) and the next
+  // lessee starts replacements.
+  struct lease_guard {
+    job_engine& j;
+    std::shared_ptr<job_engine*>& self;
+    bool ended = false;
+    ~lease_guard() {
+      if (ended) return;
+      *self = nullptr;
+      if (j.shape_.streaming) j.detach_input_wake();
+      for (std::size_t i = 0; i < j.channels_.size(); ++i)
+        if (j.channels_[i].leased) {
+          j.channels_[i].leased = false;
+          j.transport_.release(i);
+          j.scheduler_.release(*j.tenant_, i, j.channels_[i].yielding);
+        }
+      j.scheduler_.leave(*j.tenant_);
+    }
+  };
+  // A serving coroutine's channel is forgotten however the coroutine leaves it.
+  struct channel_unlink {
+    channel& ch;
+    ~channel_unlink() {
+      ch.open = nullptr;
+      ch.reading = false;
+    }
+  };
+
   worker_transport& transport_;
   slot_scheduler& scheduler_;
   std::uint64_t job_id_;
@@ -418,7 +449,8 @@ class job_engine {
   lowest_index_failure<std::exception_ptr> first_item_error_;
 };
 
-inline asio::awaitable<void> job_engine::run() {
+#if COSHARD_DEFINE_MACHINERY
+COSHARD_DECL asio::awaitable<void> job_engine::run() {
   auto ex = co_await asio::this_coro::executor;
   co_await asio::this_coro::throw_if_cancelled(false);
   co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation());
@@ -448,27 +480,7 @@ inline asio::awaitable<void> job_engine::run() {
         });
       },
       now);
-  // If this coroutine is destroyed before it ends (its io_context is
-  // destroyed while the pool lives on), the slots it leased go back: their
-  // workers are let go (what they hold belongs to a job that no longer
-  // exists) and the next lessee starts replacements.
-  struct lease_guard {
-    job_engine& j;
-    std::shared_ptr<job_engine*>& self;
-    bool ended = false;
-    ~lease_guard() {
-      if (ended) return;
-      *self = nullptr;
-      if (j.shape_.streaming) j.detach_input_wake();
-      for (std::size_t i = 0; i < j.channels_.size(); ++i)
-        if (j.channels_[i].leased) {
-          j.channels_[i].leased = false;
-          j.transport_.release(i);
-          j.scheduler_.release(*j.tenant_, i, j.channels_[i].yielding);
-        }
-      j.scheduler_.leave(*j.tenant_);
-    }
-  } guard{*this, self};
+  lease_guard guard{*this, self};  // gives the leases back should this frame be destroyed mid-run
   for (std::size_t i : now) serve_slot(i);
   for (;;) {
     // A stream ends once nothing is left: it closes its inbox (a task
@@ -505,7 +517,7 @@ inline asio::awaitable<void> job_engine::run() {
   if (end) std::rethrow_exception(end);
 }
 
-inline void job_engine::serve_slot(std::size_t i) {
+COSHARD_DECL void job_engine::serve_slot(std::size_t i) {
   channel& ch = channels_[i];
   ch.leased = true;
   ch.yielding = false;
@@ -534,7 +546,7 @@ inline void job_engine::serve_slot(std::size_t i) {
 // it dies and handing what it held back to the retry queue. A replacement is
 // asked for at once and awaited here; the other slots' coroutines go on
 // meanwhile.
-inline asio::awaitable<void> job_engine::serve(std::size_t i) {
+COSHARD_DECL asio::awaitable<void> job_engine::serve(std::size_t i) {
   auto ex = co_await asio::this_coro::executor;
   channel& ch = channels_[i];
   int idle_deaths = 0;
@@ -564,13 +576,7 @@ inline asio::awaitable<void> job_engine::serve(std::size_t i) {
       std::unique_ptr<worker_channel> link = transport_.open(i, ex, home_);
       ch.open = link.get();
       ch.cancel_sent = false;
-      struct unlink {
-        channel& ch;
-        ~unlink() {
-          ch.open = nullptr;
-          ch.reading = false;
-        }
-      } on_exit{ch};
+      channel_unlink on_exit{ch};
       try {
         if (!co_await serve_worker(i, *link, answered)) co_return;
       } catch (const serialization_error& e) {
@@ -612,7 +618,7 @@ inline asio::awaitable<void> job_engine::serve(std::size_t i) {
 
 // Serves one worker until the job needs no more of it; returns true if the
 // worker is to be retired and replaced instead.
-inline asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worker_channel& link, std::size_t& answered) {
+COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worker_channel& link, std::size_t& answered) {
   channel& ch = channels_[i];
   if (must_retire(i)) co_return true;
   // A worker learns of the job with its first batch, in the same write: a
@@ -704,7 +710,7 @@ inline asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worker_chan
 // convicted (split in two, or failed once a single item has crashed
 // max_retries + 1 times); batches held together become suspects that are
 // retried alone. An item a watchdog timed out fails with timeout_error.
-inline void job_engine::requeue_lost(std::size_t i, const worker_end& end, const std::string& how) {
+COSHARD_DECL void job_engine::requeue_lost(std::size_t i, const worker_end& end, const std::string& how) {
   channel& ch = channels_[i];
   const int status = end.status;
   const pid_t pid = end.pid;
@@ -759,7 +765,7 @@ inline void job_engine::requeue_lost(std::size_t i, const worker_end& end, const
   sort_retries();
 }
 
-inline void job_engine::handle_reply(std::size_t i, const frame_header& h, std::span<const std::byte> payload,
+COSHARD_DECL void job_engine::handle_reply(std::size_t i, const frame_header& h, std::span<const std::byte> payload,
                                      batch_record* rec) {
   const pid_t pid = transport_.pid(i);
   switch (h.type) {
@@ -801,5 +807,6 @@ inline void job_engine::handle_reply(std::size_t i, const frame_header& h, std::
                                 " from worker pid " + std::to_string(pid));
   }
 }
+#endif
 
 }  // namespace coshard::detail

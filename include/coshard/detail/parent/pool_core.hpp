@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "coshard/detail/parent/local_transport.hpp"
+#include "coshard/detail/separate_compilation.hpp"
 #include "coshard/detail/parent/slot_scheduler.hpp"
 #include "coshard/detail/parent/task_stream.hpp"
 #include "coshard/detail/parent/worker_set.hpp"
@@ -58,14 +59,12 @@ std::function<bool()> loop_thread_probe(const Executor& ex) {
 
 class pool_core : public std::enable_shared_from_this<pool_core> {
  public:
-  explicit pool_core(const pool_options& options)
-      : owner_(current_pid()), workers(options), scheduler(workers.slots().size()) {}
+  /// Starts the supervisor and the workers (see worker_set).
+  explicit pool_core(const pool_options& options);
 
   pool_core(const pool_core&) = delete;
   pool_core& operator=(const pool_core&) = delete;
-  ~pool_core() {
-    if (background_thread_.joinable()) background_thread_.detach();  // only ever its own last owner
-  }
+  ~pool_core();
 
   [[nodiscard]] pid_t owner() const noexcept { return owner_; }
 
@@ -186,54 +185,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   [[nodiscard]] asio::io_context& background_context() noexcept { return background_; }
 
   /// See process_pool::shutdown. Bounded; never throws.
-  void shutdown(shutdown_mode mode) noexcept {
-    if (::getpid() != owner_) {
-      abandon();
-      return;
-    }
-    // Two threads may shut down at once (a signal handler and a destructor):
-    // the second waits for the first, then finds nothing left to do.
-    std::lock_guard serial(shutdown_mutex_);
-    const auto grace = workers.options().shutdown_timeout;
-    {
-      std::lock_guard lock(jobs_mutex_);
-      workers.stop_starting(mode == shutdown_mode::forced);
-    }
-    if (mode == shutdown_mode::forced) workers.kill_all();
-    try {
-      cancel();
-    } catch (...) {  // posting may allocate
-    }
-    bool idle;
-    {
-      std::unique_lock lock(jobs_mutex_);
-      const bool on_job_thread =
-          std::any_of(jobs_.begin(), jobs_.end(), [](const job_entry& e) { return e.loop_thread && e.loop_thread(); });
-      // Called from a thread that runs a job (a signal handler coroutine
-      // on its io_context, a for_each_result sink): that job can only end
-      // once this call returns, so the jobs are not waited for.
-      const auto none_left = [&] { return jobs_.empty(); };
-      idle = jobs_.empty() || (!on_job_thread && jobs_idle_.wait_for(lock, grace, none_left));
-      if (!idle && !on_job_thread) {
-        lock.unlock();
-        workers.kill_all();
-        lock.lock();
-        // A job on an event loop that no longer runs never ends: it keeps
-        // this core alive and is given up on here.
-        idle = jobs_idle_.wait_for(lock, grace, none_left);
-      }
-    }
-    const auto mode_grace = mode == shutdown_mode::forced ? std::chrono::milliseconds(0) : grace;
-    if (idle) {
-      workers.shutdown(mode_grace);
-    } else {
-      // The job still holds the channels' sockets: end the channels without
-      // closing their descriptors (closed when the job lets the core go).
-      workers.hang_up_channels();
-      workers.supervisor().shutdown(mode_grace);
-    }
-    stop_background(/*join=*/idle);
-  }
+  void shutdown(shutdown_mode mode) noexcept;
 
  private:
   // `join`: false while a job may still run on the background loop (it
@@ -289,5 +241,63 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   std::thread background_thread_;
   bool background_stopped_ = false;
 };
+
+#if COSHARD_DEFINE_MACHINERY
+COSHARD_DECL pool_core::pool_core(const pool_options& options)
+    : owner_(current_pid()), workers(options), scheduler(workers.slots().size()) {}
+
+COSHARD_DECL pool_core::~pool_core() {
+  if (background_thread_.joinable()) background_thread_.detach();  // only ever its own last owner
+}
+
+COSHARD_DECL void pool_core::shutdown(shutdown_mode mode) noexcept {
+  if (::getpid() != owner_) {
+    abandon();
+    return;
+  }
+  // Two threads may shut down at once (a signal handler and a destructor):
+  // the second waits for the first, then finds nothing left to do.
+  std::lock_guard serial(shutdown_mutex_);
+  const auto grace = workers.options().shutdown_timeout;
+  {
+    std::lock_guard lock(jobs_mutex_);
+    workers.stop_starting(mode == shutdown_mode::forced);
+  }
+  if (mode == shutdown_mode::forced) workers.kill_all();
+  try {
+    cancel();
+  } catch (...) {  // posting may allocate
+  }
+  bool idle;
+  {
+    std::unique_lock lock(jobs_mutex_);
+    const bool on_job_thread =
+        std::any_of(jobs_.begin(), jobs_.end(), [](const job_entry& e) { return e.loop_thread && e.loop_thread(); });
+    // Called from a thread that runs a job (a signal handler coroutine
+    // on its io_context, a for_each_result sink): that job can only end
+    // once this call returns, so the jobs are not waited for.
+    const auto none_left = [&] { return jobs_.empty(); };
+    idle = jobs_.empty() || (!on_job_thread && jobs_idle_.wait_for(lock, grace, none_left));
+    if (!idle && !on_job_thread) {
+      lock.unlock();
+      workers.kill_all();
+      lock.lock();
+      // A job on an event loop that no longer runs never ends: it keeps
+      // this core alive and is given up on here.
+      idle = jobs_idle_.wait_for(lock, grace, none_left);
+    }
+  }
+  const auto mode_grace = mode == shutdown_mode::forced ? std::chrono::milliseconds(0) : grace;
+  if (idle) {
+    workers.shutdown(mode_grace);
+  } else {
+    // The job still holds the channels' sockets: end the channels without
+    // closing their descriptors (closed when the job lets the core go).
+    workers.hang_up_channels();
+    workers.supervisor().shutdown(mode_grace);
+  }
+  stop_background(/*join=*/idle);
+}
+#endif
 
 }  // namespace coshard::detail

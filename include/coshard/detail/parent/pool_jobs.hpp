@@ -31,6 +31,7 @@
 #include "coshard/detail/parent/pool_core.hpp"
 #include "coshard/detail/parent/task_stream.hpp"
 #include "coshard/detail/process_local.hpp"
+#include "coshard/detail/separate_compilation.hpp"
 #include "coshard/errors.hpp"
 #include "coshard/job_options.hpp"
 #include "coshard/serialization.hpp"
@@ -306,12 +307,7 @@ class pool_jobs {
   // template: one copy serves every job type.
   static asio::awaitable<void> run_guarded(std::shared_ptr<detail::pool_core> core, detail::job_engine& j,
                                            asio::io_context* home, std::function<bool()> loop_thread,
-                                           std::optional<detail::pool_core::job_ticket> claimed, std::stop_token stop) {
-    auto ex = co_await asio::this_coro::executor;
-    job_scope scope(*core, j, ex, std::move(loop_thread), claimed, std::move(stop));
-    if (home) j.keep_sockets_on(*home);
-    co_await j.run();
-  }
+                                           std::optional<detail::pool_core::job_ticket> claimed, std::stop_token stop);
 
   // run_guarded for a job this coroutine owns, completing with its results.
   template <class Job>
@@ -330,37 +326,7 @@ class pool_jobs {
     run_engine_blocking(owned, options);
     return owned->take();
   }
-  void run_engine_blocking(std::shared_ptr<detail::job_engine> j, const job_options& options) {
-    std::shared_ptr<detail::pool_core> core = core_;
-    std::function<bool()> on_this_thread = [id = std::this_thread::get_id()] {
-      return std::this_thread::get_id() == id;
-    };
-    const auto ticket = core->claim(on_this_thread, /*blocking=*/true);
-    const bool home = core->take_home();
-    std::optional<asio::io_context> own;
-    asio::io_context& io = home ? core->io : own.emplace(1);
-    std::exception_ptr error;
-    try {
-      // The job is kept by the completion handler: alive as long as the
-      // coroutine, should io.run() end before it does.
-      asio::co_spawn(io, run_guarded(core, *j, home ? &core->io : nullptr, on_this_thread, ticket, options.stop_token),
-                     [&error, j](std::exception_ptr e) { error = e; });
-    } catch (...) {
-      if (home) core->give_back_home();
-      core->release(ticket);
-      throw;
-    }
-    struct home_return {
-      detail::pool_core& core;
-      bool home;
-      ~home_return() {
-        if (home) core.give_back_home();
-      }
-    } give_back{*core, home};
-    io.restart();
-    io.run();
-    if (error) std::rethrow_exception(error);
-  }
+  void run_engine_blocking(std::shared_ptr<detail::job_engine> j, const job_options& options);
 
   template <class Job, class CompletionToken>
   auto launch(Job j, const job_options& options, CompletionToken&& token) {
@@ -410,5 +376,47 @@ class pool_jobs {
  private:
   std::shared_ptr<pool_core> core_;
 };
+
+#if COSHARD_DEFINE_MACHINERY
+COSHARD_DECL asio::awaitable<void> pool_jobs::run_guarded(std::shared_ptr<detail::pool_core> core,
+                                                          detail::job_engine& j, asio::io_context* home,
+                                                          std::function<bool()> loop_thread,
+                                                          std::optional<detail::pool_core::job_ticket> claimed,
+                                                          std::stop_token stop) {
+  auto ex = co_await asio::this_coro::executor;
+  job_scope scope(*core, j, ex, std::move(loop_thread), claimed, std::move(stop));
+  if (home) j.keep_sockets_on(*home);
+  co_await j.run();
+}
+COSHARD_DECL void pool_jobs::run_engine_blocking(std::shared_ptr<detail::job_engine> j, const job_options& options) {
+  std::shared_ptr<detail::pool_core> core = core_;
+  std::function<bool()> on_this_thread = [id = std::this_thread::get_id()] { return std::this_thread::get_id() == id; };
+  const auto ticket = core->claim(on_this_thread, /*blocking=*/true);
+  const bool home = core->take_home();
+  std::optional<asio::io_context> own;
+  asio::io_context& io = home ? core->io : own.emplace(1);
+  std::exception_ptr error;
+  try {
+    // The job is kept by the completion handler: alive as long as the
+    // coroutine, should io.run() end before it does.
+    asio::co_spawn(io, run_guarded(core, *j, home ? &core->io : nullptr, on_this_thread, ticket, options.stop_token),
+                   [&error, j](std::exception_ptr e) { error = e; });
+  } catch (...) {
+    if (home) core->give_back_home();
+    core->release(ticket);
+    throw;
+  }
+  struct home_return {
+    detail::pool_core& core;
+    bool home;
+    ~home_return() {
+      if (home) core.give_back_home();
+    }
+  } give_back{*core, home};
+  io.restart();
+  io.run();
+  if (error) std::rethrow_exception(error);
+}
+#endif
 
 }  // namespace coshard::detail

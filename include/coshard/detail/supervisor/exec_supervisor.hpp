@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "coshard/detail/process.hpp"
+#include "coshard/detail/separate_compilation.hpp"
 #include "coshard/detail/parent/supervisor_link.hpp"
 #include "coshard/pool_options.hpp"
 #include "coshard/shippable_function.hpp"
@@ -251,7 +252,10 @@ inline exec_inputs read_exec_inputs() {
 }
 
 /// The re-executed program as a supervisor: never returns.
-[[noreturn]] inline void serve_exec_supervisor(int argc, char** argv) noexcept {
+[[noreturn]] COSHARD_DECL void serve_exec_supervisor(int argc, char** argv) noexcept;
+
+#if COSHARD_DEFINE_MACHINERY
+[[noreturn]] COSHARD_DECL void serve_exec_supervisor(int argc, char** argv) noexcept {
   const char* env = std::getenv(exec_supervisor_env);
   if (argc != 4 || !env || std::strcmp(env, argv[2]) != 0 || std::strcmp(argv[3], exec_protocol_version) != 0) {
     std::fprintf(stderr, "coshard: %s is passed only by a pool to its own re-executed program (protocol %s)\n",
@@ -280,5 +284,6 @@ inline exec_inputs read_exec_inputs() {
   }
   ::_exit(supervisor_failed_exit_code);
 }
+#endif
 
 }  // namespace coshard::detail
