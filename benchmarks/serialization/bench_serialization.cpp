@@ -289,7 +289,7 @@ void register_items(const std::string& type, std::vector<T> items, bool contiguo
       out.reserve(c->payload.size());
       for (auto _ : st) {
         out.clear();
-        out.append(c->value.data(), c->value.size() * sizeof(T));  // job.hpp's cut_batch for contiguous ranges
+        out.append(c->value.data(), c->value.size() * sizeof(T));  // job::cut_from_input for contiguous ranges
         benchmark::DoNotOptimize(out.data());
         benchmark::ClobberMemory();
       }

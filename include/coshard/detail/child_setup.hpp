@@ -104,7 +104,6 @@ inline pid_t current_pid() noexcept {
   return cache::instance().pid.load(std::memory_order_relaxed);
 }
 
-
 /// In an AddressSanitizer build, runs LeakSanitizer over this process (a
 /// worker leaving cleanly through _exit, which skips the check at exit) and
 /// returns leak_found_exit_code if it reported a leak; else `code`. Only

@@ -56,7 +56,7 @@ class job final : public job_engine {
   std::optional<batch_record> cut_from_input(std::size_t budget) override {
     const std::size_t target = std::min(next_batch_size(), budget);
     batch_record rec = new_batch();
-    if constexpr (bitwise_serializable<T>) rec.item_size = sizeof(T);
+    if constexpr (bitwise_serializable<T>) rec.item_size = static_cast<std::uint32_t>(sizeof(T));
     auto& it = *it_;
     const auto end = std::ranges::end(inputs_.get());
     std::size_t count = 0;

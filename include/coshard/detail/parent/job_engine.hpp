@@ -39,10 +39,8 @@
 #include "coshard/detail/parent/collectors.hpp"
 #include "coshard/detail/parent/slot_scheduler.hpp"
 #include "coshard/detail/parent/transport.hpp"
-#include "coshard/detail/process.hpp"
 #include "coshard/detail/separate_compilation.hpp"
-#include "coshard/detail/parent/supervisor_link.hpp"
-#include "coshard/detail/worker/worker_process.hpp"
+#include "coshard/detail/worker_status.hpp"
 #include "coshard/errors.hpp"
 #include "coshard/job_options.hpp"
 
@@ -63,7 +61,7 @@ class job_engine {
   // The parent's side of one worker slot during this job.
   struct channel {
     std::list<batch_record> held;  // sent, not yet answered: exactly what a death loses
-    worker_channel* open = nullptr;
+    worker_channel* link = nullptr;  // while a coroutine serves the slot
     bool reading = false;  // waiting for a reply: a cancel may interrupt the read
     bool cancel_sent = false;
     std::function<void()> interrupt;  // ends a wait for this slot's replacement
@@ -107,7 +105,7 @@ class job_engine {
     note_stop_cause();
     cancelled_ = true;
     for (auto& ch : channels_)
-      if (ch.open && ch.reading) ch.open->interrupt();  // the serving coroutine sends the cancel frame
+      if (ch.link && ch.reading) ch.link->interrupt();  // the serving coroutine sends the cancel frame
     for (auto& ch : channels_)
       if (ch.interrupt) ch.interrupt();
     notify();
@@ -417,11 +415,15 @@ class job_engine {
       j.scheduler_.leave(*j.tenant_);
     }
   };
-  // A serving coroutine's channel is forgotten however the coroutine leaves it.
+  // A serving coroutine's channel is forgotten however the coroutine leaves
+  // it; not if the job is gone (its io_context destroyed the job's frames
+  // first, in any order).
   struct channel_unlink {
     channel& ch;
+    std::shared_ptr<job_engine*> alive;
     ~channel_unlink() {
-      ch.open = nullptr;
+      if (!*alive) return;
+      ch.link = nullptr;
       ch.reading = false;
     }
   };
@@ -437,6 +439,7 @@ class job_engine {
   std::vector<channel> channels_;
   std::deque<batch_record> retry_;
   std::shared_ptr<slot_scheduler::tenant> tenant_;
+  std::shared_ptr<job_engine*> alive_;  // null inside once run() has ended or its frame is gone
   std::size_t last_demand_ = 0;
   std::size_t running_ = 0;  // slots being served
   asio::steady_timer* all_done_ = nullptr;
@@ -464,6 +467,7 @@ COSHARD_DECL asio::awaitable<void> job_engine::run() {
   // Grants after the first come through the scheduler from any thread, as
   // a post to this job's executor; `self` tells a late one the job ended.
   auto self = std::make_shared<job_engine*>(this);
+  alive_ = self;
   if (shape_.streaming)
     attach_input_wake([ex, self] {
       asio::post(ex, [self] {
@@ -574,9 +578,9 @@ COSHARD_DECL asio::awaitable<void> job_engine::serve(std::size_t i) {
     std::size_t answered = 0;
     {
       std::unique_ptr<worker_channel> link = transport_.open(i, ex, home_);
-      ch.open = link.get();
+      ch.link = link.get();
       ch.cancel_sent = false;
-      channel_unlink on_exit{ch};
+      channel_unlink on_exit{ch, alive_};
       try {
         if (!co_await serve_worker(i, *link, answered)) co_return;
       } catch (const serialization_error& e) {

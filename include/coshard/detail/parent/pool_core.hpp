@@ -28,10 +28,10 @@
 #include <vector>
 
 #include "coshard/detail/parent/local_transport.hpp"
-#include "coshard/detail/separate_compilation.hpp"
 #include "coshard/detail/parent/slot_scheduler.hpp"
 #include "coshard/detail/parent/task_stream.hpp"
 #include "coshard/detail/parent/worker_set.hpp"
+#include "coshard/detail/separate_compilation.hpp"
 #include "coshard/errors.hpp"
 #include "coshard/pool_options.hpp"
 

@@ -22,6 +22,7 @@
 #include <stop_token>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -100,6 +101,9 @@ class pool_jobs {
   template <class Spec, class View, class Collector, class... Parts>
   static auto make_job(detail::pool_core& core, View view, Collector collector, const job_options& options,
                        const Parts&... parts) {
+    // The worker rebuilds the parts as Spec's types: the bytes must be of those.
+    static_assert(std::is_same_v<std::tuple<Parts...>, std::tuple<typename Spec::fn_type, typename Spec::reduce_type,
+                                                                  typename Spec::shared_type, typename Spec::acc_type>>);
     detail::job_settings settings(core.workers.options(), options);
     auto start = detail::encode_job_start(detail::entry<Spec>::id, parts..., settings.item_timeout);
     return detail::job<Spec, View, Collector>(core.transport, core.scheduler, settings, ++core.job_counter,
@@ -395,12 +399,12 @@ COSHARD_DECL void pool_jobs::run_engine_blocking(std::shared_ptr<detail::job_eng
   const bool home = core->take_home();
   std::optional<asio::io_context> own;
   asio::io_context& io = home ? core->io : own.emplace(1);
-  std::exception_ptr error;
+  // The job and the error are kept by the completion handler: alive as long
+  // as the coroutine, should io.run() end (by a throw) before it does.
+  auto error = std::make_shared<std::exception_ptr>();
   try {
-    // The job is kept by the completion handler: alive as long as the
-    // coroutine, should io.run() end before it does.
     asio::co_spawn(io, run_guarded(core, *j, home ? &core->io : nullptr, on_this_thread, ticket, options.stop_token),
-                   [&error, j](std::exception_ptr e) { error = e; });
+                   [error, j](std::exception_ptr e) { *error = e; });
   } catch (...) {
     if (home) core->give_back_home();
     core->release(ticket);
@@ -415,7 +419,7 @@ COSHARD_DECL void pool_jobs::run_engine_blocking(std::shared_ptr<detail::job_eng
   } give_back{*core, home};
   io.restart();
   io.run();
-  if (error) std::rethrow_exception(error);
+  if (*error) std::rethrow_exception(*error);
 }
 #endif
 

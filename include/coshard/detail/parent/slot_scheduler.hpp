@@ -15,7 +15,7 @@
 //
 // Not a template, and free of Asio: a job tells it how many slots it could
 // use (`demand`) and is woken through a function of its own when it is given
-// some; the job's side is in job.hpp.
+// some; the job's side is in job_engine.hpp.
 #pragma once
 
 #include <algorithm>

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "coshard/detail/supervisor/supervisor_process.hpp"
+#include "coshard/detail/worker_status.hpp"
 
 namespace coshard::detail {
 
@@ -18,10 +19,6 @@ struct spawn_result {
   int fd = -1;
   std::string error;
 };
-
-/// Wait status reported for a worker whose supervisor died before reaping it
-/// (the worker was killed by its parent-death signal).
-inline constexpr int unknown_wait_status = -1;
 
 /// How a supervisor process comes to exist: `start` makes a child process
 /// that serves `control` (its end of the control socket; the launcher closes

@@ -6,7 +6,8 @@
 // the slot, sends frames, reads replies, and learns of the worker's end when
 // a send or a read fails. What a worker is and how its frames travel is the
 // transport's business: local_transport.hpp runs forked workers behind
-// socketpairs; a cluster transport runs a remote rank behind MPI messages.
+// socketpairs; a cluster transport (the MPI issue) is to run a remote rank
+// behind MPI messages.
 #pragma once
 
 #include "coshard/detail/asio_config.hpp"
@@ -24,6 +25,7 @@
 #include <string>
 
 #include "coshard/detail/wire.hpp"
+#include "coshard/detail/worker_status.hpp"
 
 namespace coshard::detail {
 
@@ -57,7 +59,7 @@ struct worker_end {
   /// A waitpid status, or unknown_wait_status.
   int status = 0;
   /// The input index the worker's watchdog stopped it over (worker_status::none if not).
-  std::uint64_t timed_out_index = 0;
+  std::uint64_t timed_out_index = worker_status::none;
 };
 
 /// What the engine may send a slot's current worker: set by the transport

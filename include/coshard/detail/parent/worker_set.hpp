@@ -26,10 +26,10 @@
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 
-#include "coshard/detail/supervisor/exec_supervisor.hpp"
 #include "coshard/detail/frame_io.hpp"
-#include "coshard/detail/parent/transport.hpp"
 #include "coshard/detail/parent/supervisor_link.hpp"
+#include "coshard/detail/parent/transport.hpp"
+#include "coshard/detail/supervisor/exec_supervisor.hpp"
 #include "coshard/pool_options.hpp"
 
 namespace coshard::detail {
@@ -246,7 +246,13 @@ class worker_set {
     auto ex = co_await asio::this_coro::executor;
     for (int attempt = 1; !(s.live() && s.ready); ++attempt) {
       if (closing()) throw pool_error("coshard: the pool was shut down");
-      if (!s.live() && !s.starting) request_start(s);
+      // A start asked for earlier (a replacement started in the background
+      // after a death) ran its initializers under the conditions of then.
+      bool requested_here = false;
+      if (!s.live() && !s.starting) {
+        request_start(s);
+        requested_here = true;
+      }
       auto interrupted = std::make_shared<bool>(false);  // read after a wait the job cut short
       auto timer = std::make_shared<asio::steady_timer>(ex, s.start_deadline);
       if (s.starting) {
@@ -271,6 +277,7 @@ class worker_set {
       std::string failure;
       bool died = false;
       bool read_ready = false;  // the ready frame was read (it is gone from the channel)
+      bool init_failed = false;  // the ready frame says an initializer threw
       {
         struct read_state {
           explicit read_state(const asio::any_io_executor& ex) : sock(ex) {}
@@ -300,6 +307,7 @@ class worker_set {
           const auto payload = co_await s.reader->read(st->sock, h);
           failure = ready_failure(h, payload);
           read_ready = failure.empty();
+          init_failed = h.type == frame_type::worker_ready && h.flags;
         } catch (const serialization_error& e) {
           failure = e.what();
         } catch (const std::system_error& e) {
@@ -336,6 +344,9 @@ class worker_set {
       }
       link_.kill(pid);
       drop_worker(s);
+      // An initializer that failed in a start this wait did not ask for is
+      // tried again now: only a failure of a start of its own fails the job.
+      if (init_failed && !requested_here && attempt < max_start_attempts) continue;
       throw pool_error("coshard: worker pid " + std::to_string(pid) + " " + failure);
     }
     co_return true;

@@ -32,7 +32,7 @@
 
 #include "coshard/detail/child_setup.hpp"
 #include "coshard/detail/oneshot.hpp"
-#include "coshard/detail/process.hpp"
+#include "coshard/detail/worker/worker_main.hpp"
 #include "coshard/errors.hpp"
 
 namespace coshard::detail {

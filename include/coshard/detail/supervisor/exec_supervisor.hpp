@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "coshard/detail/process.hpp"
+#include "coshard/detail/worker/worker_main.hpp"
 #include "coshard/detail/separate_compilation.hpp"
 #include "coshard/detail/parent/supervisor_link.hpp"
 #include "coshard/pool_options.hpp"

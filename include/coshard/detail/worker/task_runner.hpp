@@ -107,7 +107,6 @@ class task_runner final : public job_runner {
     return false;
   }
 
-
   // Plain functions: one pass over the payload, no coroutine frame per item.
   void run_batch_inline(const frame_header& h, std::span<const std::byte> payload) {
     const std::uint64_t t0 = steady_now_ns();

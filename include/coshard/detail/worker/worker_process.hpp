@@ -30,17 +30,11 @@
 
 #include "coshard/detail/exit_codes.hpp"
 #include "coshard/detail/frame_io.hpp"
+#include "coshard/detail/worker_status.hpp"
 #include "coshard/detail/worker/task_runner.hpp"
 #include "coshard/shippable_function.hpp"
 
 namespace coshard::detail {
-
-/// A page shared between the parent and one worker, written by the worker
-/// just before it exits on its own (so the parent learns why).
-struct worker_status {
-  static constexpr std::uint64_t none = ~std::uint64_t{0};
-  std::atomic<std::uint64_t> timed_out_index{none};
-};
 
 struct worker_settings {
   std::size_t concurrency = 64;

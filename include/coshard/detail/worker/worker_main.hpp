@@ -1,5 +1,5 @@
-// coshard/detail/process.hpp - the first moments of a worker process, and
-// what its wait status means.
+// coshard/detail/worker/worker_main.hpp - the first moments of a worker
+// process, forked by the supervisor.
 #pragma once
 
 #include <signal.h>
@@ -8,8 +8,6 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <cstring>
-#include <string>
 
 #include "coshard/detail/child_setup.hpp"
 #include "coshard/detail/worker/worker_process.hpp"
@@ -43,16 +41,6 @@ namespace coshard::detail {
   // the parent. Flush what tasks printed first.
   flush_standard_streams();
   ::_exit(settings.leak_check_at_exit ? leak_check_at_clean_exit(code) : code);
-}
-
-/// "exited with code 3", "killed by signal 9 (Killed)".
-inline std::string describe_wait_status(int status) {
-  if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) {
-    const int sig = WTERMSIG(status);
-    return "killed by signal " + std::to_string(sig) + " (" + ::strsignal(sig) + ")";
-  }
-  return "stopped with status " + std::to_string(status);
 }
 
 }  // namespace coshard::detail
