@@ -277,7 +277,10 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--top", top, "how many of the most frequent words to print")->capture_default_str();
-  app.add_option("--word", lookups, "words whose count to print (repeatable)")->capture_default_str();
+  // One word per --word: a repeatable option must not swallow the file names after it.
+  app.add_option("--word", lookups, "a word whose count to print (repeat for more)")
+      ->capture_default_str()
+      ->allow_extra_args(false);
   app.add_flag("--verify", verify, "also count sequentially in this process, compare and print the speedup");
   auto* gen = app.add_option("--generate", generate_path, "write a generated 1-gram file to this path and exit");
   app.add_option("--size-mb", size_mb, "size of the generated file")->capture_default_str()->check(CLI::PositiveNumber);

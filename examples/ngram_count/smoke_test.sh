@@ -123,6 +123,44 @@ check "top 1 count" "$(sort -rn "$tmp/text-ref.txt" | awk 'NR == 1 { print $1 }'
   "$(value "top 1" "$tmp/text.out" | awk '{ print $2 }')"
 check "--verify" ok "$(value verify "$tmp/text.out")"
 
+# --- 4. the usage lines' forms: options before, between and after the files --
+# Each form must count the file it names ("--word W FILE" once took FILE as a
+# second word and counted the default file instead).
+echo "usage forms:"
+ngram_forms=(
+  "--word Aardvark $ngrams"
+  "$ngrams --word Aardvark"
+  "--word Aardvark --word $w1 --workers 2 $ngrams"
+  "--workers 2 $ngrams --word Aardvark --word $w1 --top 3"
+  "--top 3 --chunk-mb 1 --word Aardvark $ngrams --workers 1"
+  "--verify --word $w1 $ngrams --word Aardvark"
+)
+for form in "${ngram_forms[@]}"; do
+  read -r -a args <<<"$form"
+  "$bin" "${args[@]}" >"$tmp/form.out"
+  label=${form//$tmp\//}
+  check "[$label] bytes" "$(wc -c <"$ngrams" | tr -d ' ')" "$(value bytes "$tmp/form.out")"
+  check "[$label] total" "$(value total "$reference")" "$(value total "$tmp/form.out")"
+  for w in Aardvark $w1; do
+    if [[ " ${args[*]} " == *" --word $w "* ]]; then
+      check "[$label] word $w" "$(word_count "$w" "$reference")" "$(word_count "$w" "$tmp/form.out")"
+    fi
+  done
+done
+aardvarks=$(tr -cs 'A-Za-z' '\n' <"$tree/a.txt" | tr 'A-Z' 'a-z' | grep -c '^aardvark$')
+for form in "--text $tree/a.txt --word aardvark" "$tree/a.txt --text --word aardvark" \
+            "--word aardvark --text $tree/a.txt"; do
+  read -r -a args <<<"$form"
+  "$bin" "${args[@]}" >"$tmp/form.out"
+  label=${form//$tmp\//}
+  check "[$label] files" 1 "$(value files "$tmp/form.out")"
+  check "[$label] word aardvark" "$aardvarks" "$(word_count aardvark "$tmp/form.out")"
+done
+"$bin" --generate "$tmp/gen-a.tsv" --size-mb 1 --seed 7 >/dev/null
+"$bin" --seed 7 --size-mb 1 --generate "$tmp/gen-b.tsv" >/dev/null
+check "[--generate, options in either order] same file" yes \
+  "$(cmp -s "$tmp/gen-a.tsv" "$tmp/gen-b.tsv" && echo yes || echo no)"
+
 if ((failures)); then
   echo "smoke_test: $failures mismatches"
   exit 1
