@@ -21,7 +21,7 @@ packages=(
   libgumbo-dev         # crawler: HTML
   zlib1g-dev           # ngram_count: .gz input
   wamerican            # ngram_count: words for the generator
-  pkg-config           # finds gumbo
+  pkg-config           # finds gumbo; the pkg-config package test
   gzip                 # ngram_count smoke test
 )
 # Extra packages named on the command line (e.g. python3-doc for the crawler's

@@ -1,6 +1,6 @@
 # Drives a package test: builds and runs tests/package/consumer against coshard.
 #
-#   cmake -DMODE=install|subdirectory -DCOSHARD_SOURCE_DIR=... -DCOSHARD_BUILD_DIR=...
+#   cmake -DMODE=install|subdirectory|fetchcontent|pkgconfig -DCOSHARD_SOURCE_DIR=... -DCOSHARD_BUILD_DIR=...
 #         -DCONSUMER_SOURCE_DIR=... -DSCRATCH_DIR=... -DCXX_COMPILER=...
 #         [-DCXX_FLAGS=...] [-DGENERATOR=...] [-DMAKE_PROGRAM=...]
 #         [-DBUILD_TYPE=...] [-DCONFIG=...] -P run_consumer.cmake
@@ -10,6 +10,9 @@
 #                    (find_package(coshard)).
 # MODE=subdirectory: configure the consumer with COSHARD_SOURCE_DIR=<source>
 #                    (add_subdirectory(coshard)).
+# MODE=fetchcontent: the same, the consumer using FetchContent from that path.
+# MODE=pkgconfig:    install as for MODE=install, then build the consumer with
+#                    make and `pkg-config coshard` alone (no CMake).
 # Then build the consumer and run it; any failing step is a FATAL_ERROR that
 # carries the step's output.
 cmake_minimum_required(VERSION 3.25)
@@ -20,8 +23,8 @@ foreach(var IN ITEMS MODE COSHARD_SOURCE_DIR COSHARD_BUILD_DIR CONSUMER_SOURCE_D
     message(FATAL_ERROR "run_consumer.cmake: -D${var}=... is required")
   endif()
 endforeach()
-if(NOT MODE MATCHES "^(install|subdirectory)$")
-  message(FATAL_ERROR "run_consumer.cmake: MODE must be install or subdirectory, got '${MODE}'")
+if(NOT MODE MATCHES "^(install|subdirectory|fetchcontent|pkgconfig)$")
+  message(FATAL_ERROR "run_consumer.cmake: MODE must be install, subdirectory, fetchcontent or pkgconfig, got '${MODE}'")
 endif()
 
 set(prefix "${SCRATCH_DIR}/prefix")
@@ -76,6 +79,31 @@ elseif(CONFIG)
   list(APPEND configure_args "-DCMAKE_BUILD_TYPE=${CONFIG}")
 endif()
 
+if(MODE STREQUAL "pkgconfig")
+  run_step("install coshard into ${prefix}"
+    "${CMAKE_COMMAND}" --install "${COSHARD_BUILD_DIR}" --prefix "${prefix}" ${config_args})
+  set(pc_env "${CMAKE_COMMAND}" -E env "PKG_CONFIG_PATH=${prefix}/share/pkgconfig")
+  # The scratch install's coshard.pc, relocated to where it lies, must be the
+  # one found.
+  execute_process(COMMAND ${pc_env} pkg-config --variable=includedir coshard
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE pc_include ERROR_VARIABLE pc_err
+                  OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "[pkgconfig] pkg-config did not find coshard: ${pc_err}")
+  endif()
+  file(REAL_PATH "${pc_include}" pc_include)
+  file(REAL_PATH "${prefix}/include" want_include)
+  if(NOT pc_include STREQUAL want_include)
+    message(FATAL_ERROR "[pkgconfig] coshard.pc names includedir '${pc_include}', not '${want_include}'")
+  endif()
+  run_step("build consumer with make and pkg-config"
+    ${pc_env} make -f "${CONSUMER_SOURCE_DIR}/Makefile" "OUT=${build}" "CXX=${CXX_COMPILER}"
+    "CXXFLAGS=${CXX_FLAGS} -O1")
+  set(step_timeout 120)
+  run_step("run consumer" "${build}/bin/consumer${CMAKE_EXECUTABLE_SUFFIX}")
+  return()
+endif()
+
 if(MODE STREQUAL "install")
   run_step("install coshard into ${prefix}"
     "${CMAKE_COMMAND}" --install "${COSHARD_BUILD_DIR}" --prefix "${prefix}" ${config_args})
@@ -105,8 +133,16 @@ if(MODE STREQUAL "install")
   endif()
 else()
   # Not top level: coshard must not have added its own tests/examples/benchmarks.
+  if(MODE STREQUAL "fetchcontent")
+    set(coshard_build "${build}/_deps/coshard-build")
+  else()
+    set(coshard_build "${build}/coshard-build")
+  endif()
+  if(NOT EXISTS "${coshard_build}")
+    message(FATAL_ERROR "[${MODE}] coshard was not configured in ${coshard_build}")
+  endif()
   foreach(sub IN ITEMS tests examples benchmarks)
-    if(EXISTS "${build}/coshard-build/${sub}")
+    if(EXISTS "${coshard_build}/${sub}")
       message(FATAL_ERROR
         "[subdirectory] coshard configured its ${sub} although it is not the top-level project")
     endif()
