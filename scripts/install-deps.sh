@@ -23,6 +23,7 @@ packages=(
   wamerican            # ngram_count: words for the generator
   pkg-config           # finds gumbo; the pkg-config package test
   gzip                 # ngram_count smoke test
+  doxygen              # the API reference (ctest docs_reference)
 )
 # Extra packages named on the command line (e.g. python3-doc for the crawler's
 # default site) are installed the same way.

@@ -29,6 +29,7 @@ class serialization_error : public pool_error {
 /// zero-based input index and the pid of the worker that ran it.
 class item_error : public std::runtime_error {
  public:
+  /// `what` the message, `index` the input index, `worker_pid` the worker's pid.
   item_error(const std::string& what, std::size_t index, pid_t worker_pid)
       : std::runtime_error(what), index_(index), worker_pid_(worker_pid) {}
 
@@ -102,6 +103,7 @@ class worker_crashed : public item_error {
 /// and replaced.
 class timeout_error : public item_error {
  public:
+  /// As item_error's constructor.
   using item_error::item_error;
 };
 

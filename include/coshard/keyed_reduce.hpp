@@ -15,8 +15,11 @@ namespace coshard {
 /// order) and, like any function sent to workers, empty or trivially copyable.
 template <class Combine = std::plus<>>
 struct merge_maps {
+  /// Combines the values of a key found in both maps: `combine(acc_value, part_value)`.
   [[no_unique_address]] Combine combine{};
 
+  /// `acc` with every entry of `part` merged in (the larger map is kept and
+  /// the smaller one's nodes moved into it).
   template <class Map>
   Map operator()(Map acc, Map part) const {
     if (acc.size() < part.size()) std::swap(acc, part);

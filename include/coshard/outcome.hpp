@@ -21,6 +21,7 @@ class outcome {
 
   /// True if the item produced a value.
   [[nodiscard]] bool ok() const noexcept { return state_.index() == 1; }
+  /// ok().
   explicit operator bool() const noexcept { return ok(); }
 
   /// The result; rethrows the item's failure if it has none.
@@ -28,10 +29,12 @@ class outcome {
     if (!ok()) std::rethrow_exception(std::get<0>(state_));
     return std::get<1>(state_);
   }
+  /// The result; rethrows the item's failure if it has none.
   [[nodiscard]] const R& value() const& {
     if (!ok()) std::rethrow_exception(std::get<0>(state_));
     return std::get<1>(state_);
   }
+  /// The result, moved out; rethrows the item's failure if it has none.
   [[nodiscard]] R&& value() && {
     if (!ok()) std::rethrow_exception(std::get<0>(state_));
     return std::get<1>(std::move(state_));
