@@ -930,3 +930,63 @@ TEST_CASE("planted: a worker leaks memory once, then leaves cleanly", "[.lsan-ca
           }
         }) == iota_vector(40));
 }
+
+namespace {
+// Deaths planted by the progress test (mapped before any pool forks).
+std::atomic<int>* const progress_kills = coshard_test::shared_with_forks<std::atomic<int>>();
+}  // namespace
+
+TEST_CASE("progress: counts move as batches return and add up to the job's items, with workers killed") {
+  with_pool({.workers = 2, .batch_size = 16, .max_retries = 2}, [](coshard::process_pool& pool) {
+    progress_kills->store(0);
+    std::vector<coshard::job_progress> seen;
+    const auto caller = std::this_thread::get_id();
+    bool on_caller_thread = true;
+    coshard::job_options options;
+    options.progress = [&](const coshard::job_progress& p) {
+      seen.push_back(p);
+      on_caller_thread = on_caller_thread && std::this_thread::get_id() == caller;
+    };
+    // 3000 items of 200 us over 2 workers (~0.3 s, so several reports); the
+    // first two runs of item 500 kill their worker; item 2999 throws.
+    auto out = pool.map_settled(iota_vector(3000), [](long x) {
+      if (x == 500 && progress_kills->fetch_add(1) < 2) ::raise(SIGKILL);
+      if (x == 2999) throw std::runtime_error("poison 2999");
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      return x;
+    }, options);
+    REQUIRE(out.size() == 3000);
+    CHECK(out[500].value() == 500);
+    REQUIRE(!seen.empty());
+    const coshard::job_progress& last = seen.back();
+    CHECK(last.finished);
+    CHECK(last.items_total == std::optional<std::size_t>(3000));
+    CHECK(last.items_done + last.items_failed == 3000);
+    CHECK(last.items_failed == 1);
+    CHECK(last.workers_replaced >= 2);
+    CHECK(last.items_retried >= 2);
+    CHECK(last.bytes_sent >= 3000 * sizeof(long));
+    CHECK(last.bytes_received > 0);
+    CHECK(std::count_if(seen.begin(), seen.end(), [](const auto& p) { return p.finished; }) == 1);
+    for (std::size_t i = 1; i < seen.size(); ++i) {
+      CHECK(seen[i].items_done >= seen[i - 1].items_done);
+      CHECK(seen[i].elapsed >= seen[i - 1].elapsed);
+      CHECK(seen[i].elapsed - seen[i - 1].elapsed >= (seen[i].finished ? std::chrono::nanoseconds(0)
+                                                                         : std::chrono::nanoseconds(100'000'000)));
+    }
+    CHECK(on_caller_thread);
+    WARN(seen.size() << " progress calls over " << std::chrono::duration<double>(last.elapsed).count() << " s");
+  });
+}
+
+TEST_CASE("progress: an exception from the callback ends the job with it") {
+  with_pool({.workers = 2}, [](coshard::process_pool& pool) {
+    coshard::job_options options;
+    options.progress = [](const coshard::job_progress& p) {
+      if (p.finished) throw std::logic_error("the progress callback gave up");
+    };
+    CHECK_THROWS_AS(pool.map(iota_vector(100), [](long x) { return x; }, options), std::logic_error);
+    // The pool is fine afterwards.
+    CHECK(pool.map(iota_vector(10), [](long x) { return x + 1; }).back() == 10);
+  });
+}

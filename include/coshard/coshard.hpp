@@ -6,6 +6,7 @@
 #include "coshard/outcome.hpp"
 #include "coshard/pool_options.hpp"
 #include "coshard/process_pool.hpp"
+#include "coshard/progress.hpp"
 #include "coshard/serialization.hpp"
 #include "coshard/serve_if_worker.hpp"
 #include "coshard/shippable_function.hpp"

@@ -3,12 +3,14 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <optional>
 #include <stop_token>
 #include <string>
 
 #include "coshard/errors.hpp"
 #include "coshard/pool_options.hpp"
+#include "coshard/progress.hpp"
 
 namespace coshard {
 
@@ -29,6 +31,12 @@ struct job_options {
   /// blocking functions): it then ends as after cancel(), with
   /// operation_aborted. Other jobs on the pool go on.
   std::stop_token stop_token{};
+  /// Called with the job's counts as its batches come back, at most every
+  /// 100 ms, and once more as the job ends (`finished`). It runs where the
+  /// job runs: on the calling thread for a blocking call, on the completion
+  /// handler's executor for an async_ one. An exception from it ends the
+  /// job with that exception.
+  std::function<void(const job_progress&)> progress{};
 };
 
 namespace detail {
@@ -46,6 +54,7 @@ struct job_settings {
   std::chrono::milliseconds item_timeout;
   std::size_t max_items_per_worker;
   std::size_t max_worker_rss_bytes;
+  std::function<void(const job_progress&)> progress;
 
   job_settings(const pool_options& p, const job_options& j)
       : batch_size(j.batch_size.value_or(p.batch_size)),
@@ -57,7 +66,8 @@ struct job_settings {
         max_retries(j.max_retries.value_or(p.max_retries)),
         item_timeout(j.item_timeout.value_or(p.item_timeout)),
         max_items_per_worker(p.max_items_per_worker),
-        max_worker_rss_bytes(p.max_worker_rss_bytes) {
+        max_worker_rss_bytes(p.max_worker_rss_bytes),
+        progress(j.progress) {
     auto fail = [](const std::string& what) { throw pool_error("coshard: job_options." + what); };
     if (batch_size > 0xffff'ffffu) fail("batch_size must be below 2^32 (a batch counts its items in 32 bits)");
     if (item_timeout.count() < 0) fail("item_timeout must not be negative");

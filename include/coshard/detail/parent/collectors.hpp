@@ -146,13 +146,16 @@ class settled_collector {
 
   void reserve(std::size_t n) { out_.reserve(n); }
 
-  void on_result(const frame_header& h, std::span<const std::byte> payload, pid_t pid) {
+  /// Returns how many of the reply's items failed.
+  std::size_t on_result(const frame_header& h, std::span<const std::byte> payload, pid_t pid) {
     const std::size_t first = h.first_index;
     grow(first + h.count);
     input_archive in(payload);
+    std::size_t failed = 0;
     for (std::size_t i = 0; i < h.count; ++i) {
       if (!decode_one<std::uint8_t>(in)) {
         out_[first + i] = outcome<R>(to_exception(decode_failure(in), pid));
+        ++failed;
         continue;
       }
       const auto length = decode_one<std::uint64_t>(in);
@@ -167,9 +170,11 @@ class settled_collector {
         out_[first + i] = outcome<R>(std::make_exception_ptr(
             task_error(what.type_name, "the result could not be decoded in the caller: " + what.message,
                        first + i, pid)));
+        ++failed;
       }
     }
     check_fully_consumed(in, "result frame");
+    return failed;
   }
 
   void set_error(std::size_t index, std::exception_ptr e) {

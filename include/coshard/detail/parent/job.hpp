@@ -119,8 +119,13 @@ class job final : public job_engine {
     return rec;
   }
 
-  void on_result(const frame_header& h, std::span<const std::byte> payload, pid_t pid) override {
-    collector_.on_result(h, payload, pid);
+  std::size_t on_result(const frame_header& h, std::span<const std::byte> payload, pid_t pid) override {
+    if constexpr (std::is_same_v<decltype(collector_.on_result(h, payload, pid)), std::size_t>) {
+      return collector_.on_result(h, payload, pid);
+    } else {
+      collector_.on_result(h, payload, pid);
+      return 0;
+    }
   }
   void on_item_error(std::uint64_t index, std::exception_ptr e) override {
     if constexpr (Collector::settled) collector_.set_error(static_cast<std::size_t>(index), std::move(e));

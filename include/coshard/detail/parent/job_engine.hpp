@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <deque>
 #include <exception>
 #include <limits>
@@ -43,6 +44,7 @@
 #include "coshard/detail/worker_status.hpp"
 #include "coshard/errors.hpp"
 #include "coshard/job_options.hpp"
+#include "coshard/progress.hpp"
 
 namespace coshard::detail {
 
@@ -122,8 +124,9 @@ class job_engine {
   /// Sets input_done_ at the end of the input; may throw what the input
   /// range throws, and reject single items with reject_input().
   virtual std::optional<batch_record> cut_from_input(std::size_t budget) = 0;
-  /// Takes a reply's results (a serialization_error if they do not decode).
-  virtual void on_result(const frame_header& h, std::span<const std::byte> payload, pid_t pid) = 0;
+  /// Takes a reply's results (a serialization_error if they do not decode);
+  /// returns how many of its items failed (settled replies carry failures).
+  virtual std::size_t on_result(const frame_header& h, std::span<const std::byte> payload, pid_t pid) = 0;
   /// A settled job's failed item.
   virtual void on_item_error(std::uint64_t /*index*/, std::exception_ptr /*error*/) {}
   /// The job ended with `error` (null if it succeeded).
@@ -197,12 +200,26 @@ class job_engine {
   // lowest failing index seen.
   void fail_item(std::uint64_t index, std::exception_ptr e) {
     note_stop_cause();
+    ++progress_.items_failed;
     if (shape_.settled) {
       on_item_error(index, std::move(e));
       return;
     }
     first_item_error_.offer(index, std::move(e));
     notify();
+  }
+
+  // Tells the caller how far the job has come (job_options::progress): at
+  // most every 100 ms as replies come, and once as the job ends. An
+  // exception from the callback propagates.
+  void report_progress(bool final) {
+    if (!opts_.progress) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (!final && now - last_report_ < std::chrono::milliseconds(100)) return;
+    last_report_ = now;
+    progress_.elapsed = now - started_;
+    progress_.finished = final;
+    opts_.progress(progress_);
   }
 
   [[nodiscard]] bool all_answered() const {
@@ -439,7 +456,10 @@ class job_engine {
   std::vector<channel> channels_;
   std::deque<batch_record> retry_;
   std::shared_ptr<slot_scheduler::tenant> tenant_;
-  std::shared_ptr<job_engine*> alive_;  // null inside once run() has ended or its frame is gone
+  std::shared_ptr<job_engine*> alive_;
+  job_progress progress_;
+  std::chrono::steady_clock::time_point started_{};
+  std::chrono::steady_clock::time_point last_report_{};  // null inside once run() has ended or its frame is gone
   std::size_t last_demand_ = 0;
   std::size_t running_ = 0;  // slots being served
   asio::steady_timer* all_done_ = nullptr;
@@ -461,6 +481,8 @@ COSHARD_DECL asio::awaitable<void> job_engine::run() {
     throw pool_error("coshard: the job's function, reducer and shared value take " + std::to_string(job_start_.size()) +
                      " bytes encoded, above max_frame_bytes (" + std::to_string(opts_.max_frame_bytes) + ")");
   open_input();
+  started_ = last_report_ = std::chrono::steady_clock::now();
+  progress_.items_total = total_;
   asio::steady_timer all_done(ex, asio::steady_timer::time_point::max());
   all_done_ = &all_done;
   ex_ = ex;
@@ -505,6 +527,11 @@ COSHARD_DECL asio::awaitable<void> job_engine::run() {
   scheduler_.leave(*tenant_);
   guard.ended = true;
   all_done_ = nullptr;
+  try {
+    report_progress(/*final=*/true);
+  } catch (...) {
+    if (!stopping()) failure_ = std::current_exception();  // else the job's own error stands
+  }
   // A forced shutdown kills the workers under the job: whatever it saw
   // first (the cancel, a lost worker, an item convicted by the kill), it
   // ends as documented. A job that had failed before keeps its error.
@@ -594,6 +621,7 @@ COSHARD_DECL asio::awaitable<void> job_engine::serve(std::size_t i) {
       // Retiring (item or memory limit): it exits on EOF; a replacement is
       // asked for at once.
       transport_.replace(i);
+      ++progress_.workers_replaced;
       continue;
     }
     // The worker is gone, or its channel can no longer be trusted.
@@ -605,6 +633,7 @@ COSHARD_DECL asio::awaitable<void> job_engine::serve(std::size_t i) {
     // (A worker that dies while idle between jobs is noticed only by the next
     // job that has a batch for it.)
     transport_.replace(i);
+    ++progress_.workers_replaced;
     notify();
     // A death while holding work convicts or retries that work, so it cannot
     // repeat forever. Deaths with nothing held (an idle worker killed from
@@ -651,7 +680,9 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
         } else {
           started = true;
           co_await link.send(start, job_start_.view(), h, b.payload.view());
+          progress_.bytes_sent += job_start_.size();
         }
+        progress_.bytes_sent += b.payload.size();
       } catch (const std::system_error&) {
         // The worker never received this batch whole (e.g. it died while
         // idle, before this job), so the batch cannot be to blame for the
@@ -682,6 +713,7 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
       throw;
     }
     ch.reading = false;
+    progress_.bytes_received += payload.size();
     if (h.job != job_id_)
       throw serialization_error("coshard: worker pid " + std::to_string(transport_.pid(i)) + " replied for job " +
                                 std::to_string(h.job) + " during job " + std::to_string(job_id_));
@@ -732,11 +764,13 @@ COSHARD_DECL void job_engine::requeue_lost(std::size_t i, const worker_end& end,
       const std::size_t k = timed_out - rec.first;
       if (k > 0) retry_.push_back(slice(rec, 0, k));
       if (k + 1 < rec.count) retry_.push_back(slice(rec, k + 1, rec.count));
+      progress_.items_retried += rec.count - 1;
       spare_.give(std::move(rec.payload));
       continue;
     }
     if (!alone) {
       rec.suspect = true;
+      progress_.items_retried += rec.count;
       retry_.push_back(std::move(rec));
       continue;
     }
@@ -744,6 +778,7 @@ COSHARD_DECL void job_engine::requeue_lost(std::size_t i, const worker_end& end,
     if (rec.count > 1) {
       batch_record a = slice(rec, 0, rec.count / 2), b = slice(rec, rec.count / 2, rec.count);
       a.suspect = b.suspect = true;
+      progress_.items_retried += rec.count;
       retry_.push_back(std::move(a));
       retry_.push_back(std::move(b));
       spare_.give(std::move(rec.payload));
@@ -762,6 +797,7 @@ COSHARD_DECL void job_engine::requeue_lost(std::size_t i, const worker_end& end,
       spare_.give(std::move(rec.payload));
     } else {
       rec.suspect = true;
+      progress_.items_retried += rec.count;
       retry_.push_back(std::move(rec));
     }
   }
@@ -778,11 +814,14 @@ COSHARD_DECL void job_engine::handle_reply(std::size_t i, const frame_header& h,
       if (stopping() && !shape_.settled) return;  // a failed job's late results are dropped
       if (cancelled_) return;
       try {
-        on_result(h, payload, pid);
+        const std::size_t failed = on_result(h, payload, pid);
+        progress_.items_done += h.count - failed;
+        progress_.items_failed += failed;
+        report_progress(/*final=*/false);
       } catch (const serialization_error&) {
         throw;
       } catch (...) {
-        fail(std::current_exception());  // the caller's sink threw
+        fail(std::current_exception());  // the caller's sink or progress callback threw
       }
       return;
     case frame_type::task_failed: {
