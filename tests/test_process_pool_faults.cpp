@@ -986,6 +986,22 @@ TEST_CASE("progress: an exception from the callback ends the job with it") {
       if (p.finished) throw std::logic_error("the progress callback gave up");
     };
     CHECK_THROWS_AS(pool.map(iota_vector(100), [](long x) { return x; }, options), std::logic_error);
+    // Thrown while replies still come (even an exception type the engine
+    // treats as a corrupt channel): the job fails with it; no batch counts
+    // twice, no worker is blamed.
+    const auto before = pool.worker_pids();
+    int calls = 0;
+    options.progress = [&calls](const coshard::job_progress&) {
+      ++calls;
+      throw coshard::serialization_error("the progress callback gave up early");
+    };
+    CHECK_THROWS_WITH(pool.map_reduce(iota_vector(2000), [](long x) {
+                        std::this_thread::sleep_for(std::chrono::microseconds(200));
+                        return x;
+                      }, std::plus<>{}, 0L, options),
+                      Catch::Contains("gave up early"));
+    CHECK(calls == 1);
+    CHECK(pool.worker_pids() == before);
     // The pool is fine afterwards.
     CHECK(pool.map(iota_vector(10), [](long x) { return x + 1; }).back() == 10);
   });

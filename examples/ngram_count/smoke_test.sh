@@ -5,7 +5,9 @@
 #      chunks, counted by 2 workers (and --verify'd against the sequential count);
 #   2. the same file gzipped (one item, decompressed in a worker);
 #   3. --text on a small tree of text files (one gzipped, one big enough to be
-#      cut into chunks).
+#      cut into chunks);
+#   4. the usage lines' forms, options before, between and after the files:
+#      each must count the file it names.
 # Usage: smoke_test.sh path/to/ngram_count
 # Exits non-zero, saying what differed, on any mismatch.
 set -euo pipefail
@@ -142,7 +144,7 @@ for form in "${ngram_forms[@]}"; do
   check "[$label] bytes" "$(wc -c <"$ngrams" | tr -d ' ')" "$(value bytes "$tmp/form.out")"
   check "[$label] total" "$(value total "$reference")" "$(value total "$tmp/form.out")"
   for w in Aardvark $w1; do
-    if [[ " ${args[*]} " == *" --word $w "* ]]; then
+    if [[ " ${args[*]} " == *" --word "$w" "* ]]; then
       check "[$label] word $w" "$(word_count "$w" "$reference")" "$(word_count "$w" "$tmp/form.out")"
     fi
   done

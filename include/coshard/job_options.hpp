@@ -33,9 +33,13 @@ struct job_options {
   std::stop_token stop_token{};
   /// Called with the job's counts as its batches come back, at most every
   /// 100 ms, and once more as the job ends (`finished`). It runs where the
-  /// job runs: on the calling thread for a blocking call, on the completion
-  /// handler's executor for an async_ one. An exception from it ends the
-  /// job with that exception.
+  /// job runs: on the calling thread for a blocking call; for an async_ one,
+  /// on a strand of the completion handler's io executor, or on the pool's
+  /// own thread for a handler without one (use_future, a plain callback),
+  /// where it must not race the caller's other threads. An exception from it
+  /// ends the job with that exception (unless the job has already failed or
+  /// been cancelled: then the job's own error stands), and it is not called
+  /// again.
   std::function<void(const job_progress&)> progress{};
 };
 

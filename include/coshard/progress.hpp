@@ -12,13 +12,14 @@ namespace coshard {
 /// A running job's counts, passed to job_options::progress. Counts move as
 /// batches come back; each call's counts are at least the previous call's.
 struct job_progress {
-  /// Items whose result (or, in map_settled and submit, whose outcome) came back.
+  /// Items whose result came back (in map_settled: whose value came back).
   std::size_t items_done = 0;
   /// Items that failed: a task_error, a worker_crashed, a timeout_error, or an
   /// input that could not be sent. Not in items_done: done + failed counts
   /// each finished item once.
   std::size_t items_failed = 0;
-  /// Items sent again because the worker running them died or was stopped.
+  /// Items sent to a worker again: after the worker holding them died or was
+  /// stopped, or because their batch was cut short (counted as they are sent).
   std::size_t items_retried = 0;
   /// The number of inputs, when the input range knows its size.
   std::optional<std::size_t> items_total{};

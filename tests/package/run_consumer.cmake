@@ -82,14 +82,20 @@ endif()
 if(MODE STREQUAL "pkgconfig")
   run_step("install coshard into ${prefix}"
     "${CMAKE_COMMAND}" --install "${COSHARD_BUILD_DIR}" --prefix "${prefix}" ${config_args})
-  set(pc_env "${CMAKE_COMMAND}" -E env "PKG_CONFIG_PATH=${prefix}/share/pkgconfig")
+  if(NOT INSTALL_DATADIR)
+    set(INSTALL_DATADIR share)
+  endif()
+  if(NOT PKG_CONFIG_EXECUTABLE OR NOT MAKE_EXECUTABLE)
+    message(FATAL_ERROR "[pkgconfig] -DPKG_CONFIG_EXECUTABLE=... and -DMAKE_EXECUTABLE=... are required")
+  endif()
+  set(pc_env "${CMAKE_COMMAND}" -E env "PKG_CONFIG_PATH=${prefix}/${INSTALL_DATADIR}/pkgconfig")
   # The scratch install's coshard.pc, relocated to where it lies, must be the
   # one found.
-  execute_process(COMMAND ${pc_env} pkg-config --variable=includedir coshard
+  execute_process(COMMAND ${pc_env} "${PKG_CONFIG_EXECUTABLE}" --variable=includedir coshard
                   RESULT_VARIABLE rc OUTPUT_VARIABLE pc_include ERROR_VARIABLE pc_err
                   OUTPUT_STRIP_TRAILING_WHITESPACE)
   if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "[pkgconfig] pkg-config did not find coshard: ${pc_err}")
+    message(FATAL_ERROR "[pkgconfig] pkg-config did not find coshard (${rc}): ${pc_err}")
   endif()
   file(REAL_PATH "${pc_include}" pc_include)
   file(REAL_PATH "${prefix}/include" want_include)
@@ -97,7 +103,8 @@ if(MODE STREQUAL "pkgconfig")
     message(FATAL_ERROR "[pkgconfig] coshard.pc names includedir '${pc_include}', not '${want_include}'")
   endif()
   run_step("build consumer with make and pkg-config"
-    ${pc_env} make -f "${CONSUMER_SOURCE_DIR}/Makefile" "OUT=${build}" "CXX=${CXX_COMPILER}"
+    ${pc_env} "${MAKE_EXECUTABLE}" -f "${CONSUMER_SOURCE_DIR}/Makefile" "OUT=${build}" "CXX=${CXX_COMPILER}"
+    "PKG_CONFIG=${PKG_CONFIG_EXECUTABLE}"
     "CXXFLAGS=${CXX_FLAGS} -O1")
   set(step_timeout 120)
   run_step("run consumer" "${build}/bin/consumer${CMAKE_EXECUTABLE_SUFFIX}")
@@ -144,7 +151,7 @@ else()
   foreach(sub IN ITEMS tests examples benchmarks)
     if(EXISTS "${coshard_build}/${sub}")
       message(FATAL_ERROR
-        "[subdirectory] coshard configured its ${sub} although it is not the top-level project")
+        "[${MODE}] coshard configured its ${sub} although it is not the top-level project")
     endif()
   endforeach()
 endif()

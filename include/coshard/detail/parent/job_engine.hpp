@@ -210,16 +210,24 @@ class job_engine {
   }
 
   // Tells the caller how far the job has come (job_options::progress): at
-  // most every 100 ms as replies come, and once as the job ends. An
-  // exception from the callback propagates.
-  void report_progress(bool final) {
-    if (!opts_.progress) return;
+  // most every 100 ms as replies come, and once as the job ends. Only after
+  // a reply is fully taken in, so that nothing the callback does can make a
+  // batch count twice. A callback that throws fails the job (unless it has
+  // failed already) and is not called again.
+  void report_progress(bool final) noexcept {
+    if (!opts_.progress || progress_failed_) return;
     const auto now = std::chrono::steady_clock::now();
     if (!final && now - last_report_ < std::chrono::milliseconds(100)) return;
     last_report_ = now;
     progress_.elapsed = now - started_;
     progress_.finished = final;
-    opts_.progress(progress_);
+    try {
+      opts_.progress(progress_);
+    } catch (...) {
+      progress_failed_ = true;
+      if (!stopping()) failure_ = std::current_exception();
+      if (!final) notify();
+    }
   }
 
   [[nodiscard]] bool all_answered() const {
@@ -335,8 +343,10 @@ class job_engine {
         head.crashes = rec.crashes;
         retry_.push_front(std::move(rest));
         spare_.give(std::move(rec.payload));
+        progress_.items_retried += head.count;
         return head;
       }
+      progress_.items_retried += rec.count;  // sent again
       return rec;
     }
     // An exception from the input range itself (its iterator's ++ or
@@ -456,10 +466,11 @@ class job_engine {
   std::vector<channel> channels_;
   std::deque<batch_record> retry_;
   std::shared_ptr<slot_scheduler::tenant> tenant_;
-  std::shared_ptr<job_engine*> alive_;
+  std::shared_ptr<job_engine*> alive_;  // null inside once run() has ended or its frame is gone
   job_progress progress_;
+  bool progress_failed_ = false;  // the callback threw: not called again
   std::chrono::steady_clock::time_point started_{};
-  std::chrono::steady_clock::time_point last_report_{};  // null inside once run() has ended or its frame is gone
+  std::chrono::steady_clock::time_point last_report_{};
   std::size_t last_demand_ = 0;
   std::size_t running_ = 0;  // slots being served
   asio::steady_timer* all_done_ = nullptr;
@@ -477,11 +488,17 @@ COSHARD_DECL asio::awaitable<void> job_engine::run() {
   auto ex = co_await asio::this_coro::executor;
   co_await asio::this_coro::throw_if_cancelled(false);
   co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation());
-  if (job_start_.size() > opts_.max_frame_bytes)
-    throw pool_error("coshard: the job's function, reducer and shared value take " + std::to_string(job_start_.size()) +
-                     " bytes encoded, above max_frame_bytes (" + std::to_string(opts_.max_frame_bytes) + ")");
-  open_input();
   started_ = last_report_ = std::chrono::steady_clock::now();
+  try {
+    if (job_start_.size() > opts_.max_frame_bytes)
+      throw pool_error("coshard: the job's function, reducer and shared value take " +
+                       std::to_string(job_start_.size()) + " bytes encoded, above max_frame_bytes (" +
+                       std::to_string(opts_.max_frame_bytes) + ")");
+    open_input();
+  } catch (...) {
+    report_progress(/*final=*/true);
+    throw;
+  }
   progress_.items_total = total_;
   asio::steady_timer all_done(ex, asio::steady_timer::time_point::max());
   all_done_ = &all_done;
@@ -527,11 +544,7 @@ COSHARD_DECL asio::awaitable<void> job_engine::run() {
   scheduler_.leave(*tenant_);
   guard.ended = true;
   all_done_ = nullptr;
-  try {
-    report_progress(/*final=*/true);
-  } catch (...) {
-    if (!stopping()) failure_ = std::current_exception();  // else the job's own error stands
-  }
+  report_progress(/*final=*/true);
   // A forced shutdown kills the workers under the job: whatever it saw
   // first (the cancel, a lost worker, an item convicted by the kill), it
   // ends as documented. A job that had failed before keeps its error.
@@ -728,6 +741,7 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
     handle_reply(i, h, payload, &*rec);
     spare_.give(std::move(rec->payload));
     ch.held.erase(rec);
+    report_progress(/*final=*/false);
     ++answered;
     ++ch.answered_in_lease;
     if (opts_.max_worker_rss_bytes && (std::uint64_t{h.rss_mib} << 20) > opts_.max_worker_rss_bytes)
@@ -764,13 +778,11 @@ COSHARD_DECL void job_engine::requeue_lost(std::size_t i, const worker_end& end,
       const std::size_t k = timed_out - rec.first;
       if (k > 0) retry_.push_back(slice(rec, 0, k));
       if (k + 1 < rec.count) retry_.push_back(slice(rec, k + 1, rec.count));
-      progress_.items_retried += rec.count - 1;
       spare_.give(std::move(rec.payload));
       continue;
     }
     if (!alone) {
       rec.suspect = true;
-      progress_.items_retried += rec.count;
       retry_.push_back(std::move(rec));
       continue;
     }
@@ -778,7 +790,6 @@ COSHARD_DECL void job_engine::requeue_lost(std::size_t i, const worker_end& end,
     if (rec.count > 1) {
       batch_record a = slice(rec, 0, rec.count / 2), b = slice(rec, rec.count / 2, rec.count);
       a.suspect = b.suspect = true;
-      progress_.items_retried += rec.count;
       retry_.push_back(std::move(a));
       retry_.push_back(std::move(b));
       spare_.give(std::move(rec.payload));
@@ -797,7 +808,6 @@ COSHARD_DECL void job_engine::requeue_lost(std::size_t i, const worker_end& end,
       spare_.give(std::move(rec.payload));
     } else {
       rec.suspect = true;
-      progress_.items_retried += rec.count;
       retry_.push_back(std::move(rec));
     }
   }
@@ -817,11 +827,10 @@ COSHARD_DECL void job_engine::handle_reply(std::size_t i, const frame_header& h,
         const std::size_t failed = on_result(h, payload, pid);
         progress_.items_done += h.count - failed;
         progress_.items_failed += failed;
-        report_progress(/*final=*/false);
       } catch (const serialization_error&) {
         throw;
       } catch (...) {
-        fail(std::current_exception());  // the caller's sink or progress callback threw
+        fail(std::current_exception());  // the caller's sink threw
       }
       return;
     case frame_type::task_failed: {
