@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <type_traits>
 #include <utility>
@@ -136,6 +137,43 @@ class sink_collector {
   std::size_t delivered_ = 0;
 };
 
+/// Walks a reply in the settled format (per item: tag 1, byte length and
+/// value, or tag 0 and a failure record), calling `settle(index,
+/// outcome<R>)` for each item in order; returns how many failed. A value
+/// that cannot be decoded fails its item alone: the lengths delimit its
+/// neighbours. Throws serialization_error if the frame itself is corrupt.
+template <class R, class Settle>
+std::size_t for_each_settled(const frame_header& h, std::span<const std::byte> payload, pid_t pid, Settle&& settle) {
+  input_archive in(payload);
+  std::size_t failed = 0;
+  for (std::size_t i = 0; i < h.count; ++i) {
+    const std::uint64_t index = h.first_index + i;
+    if (!decode_one<std::uint8_t>(in)) {
+      settle(index, outcome<R>(to_exception(decode_failure(in), pid)));
+      ++failed;
+      continue;
+    }
+    const auto length = decode_one<std::uint64_t>(in);
+    if (length > in.remaining()) throw serialization_error("coshard: corrupt payload: a result runs past its frame");
+    const auto bytes = payload.subspan(in.position(), static_cast<std::size_t>(length));
+    in.skip(static_cast<std::size_t>(length));
+    std::optional<R> value;
+    try {
+      value.emplace(coshard::decode<R>(bytes));
+    } catch (...) {
+      const auto what = describe_current_exception();
+      settle(index, outcome<R>(std::make_exception_ptr(
+                        task_error(what.type_name, "the result could not be decoded in the caller: " + what.message,
+                                   static_cast<std::size_t>(index), pid))));
+      ++failed;
+      continue;
+    }
+    settle(index, outcome<R>(std::move(*value)));
+  }
+  check_fully_consumed(in, "result frame");
+  return failed;
+}
+
 /// Results of `map_settled`: every item's value or failure, by input index.
 template <class R>
 class settled_collector {
@@ -148,33 +186,9 @@ class settled_collector {
 
   /// Returns how many of the reply's items failed.
   std::size_t on_result(const frame_header& h, std::span<const std::byte> payload, pid_t pid) {
-    const std::size_t first = h.first_index;
-    grow(first + h.count);
-    input_archive in(payload);
-    std::size_t failed = 0;
-    for (std::size_t i = 0; i < h.count; ++i) {
-      if (!decode_one<std::uint8_t>(in)) {
-        out_[first + i] = outcome<R>(to_exception(decode_failure(in), pid));
-        ++failed;
-        continue;
-      }
-      const auto length = decode_one<std::uint64_t>(in);
-      if (length > in.remaining()) throw serialization_error("coshard: corrupt payload: a result runs past its frame");
-      const auto bytes = payload.subspan(in.position(), static_cast<std::size_t>(length));
-      in.skip(static_cast<std::size_t>(length));
-      try {
-        out_[first + i] = outcome<R>(coshard::decode<R>(bytes));
-      } catch (...) {
-        // Only this item is lost: its neighbours are delimited by their lengths.
-        const auto what = describe_current_exception();
-        out_[first + i] = outcome<R>(std::make_exception_ptr(
-            task_error(what.type_name, "the result could not be decoded in the caller: " + what.message,
-                       first + i, pid)));
-        ++failed;
-      }
-    }
-    check_fully_consumed(in, "result frame");
-    return failed;
+    grow(h.first_index + h.count);
+    return for_each_settled<R>(h, payload, pid,
+                               [this](std::uint64_t index, outcome<R> o) { out_[index] = std::move(o); });
   }
 
   void set_error(std::size_t index, std::exception_ptr e) {

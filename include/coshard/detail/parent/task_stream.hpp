@@ -265,33 +265,12 @@ class stream_collector {
 
   /// Returns how many of the reply's tasks failed.
   std::size_t on_result(const frame_header& h, std::span<const std::byte> payload, pid_t pid) {
-    input_archive in(payload);
-    std::size_t failed = 0;
-    for (std::size_t i = 0; i < h.count; ++i) {
-      const std::uint64_t index = h.first_index + i;
-      if (!decode_one<std::uint8_t>(in)) {
-        inbox_->settle(index, to_exception(decode_failure(in), pid), R{});
-        ++failed;
-        continue;
-      }
-      const auto length = decode_one<std::uint64_t>(in);
-      if (length > in.remaining()) throw serialization_error("coshard: corrupt payload: a result runs past its frame");
-      const auto bytes = payload.subspan(in.position(), static_cast<std::size_t>(length));
-      in.skip(static_cast<std::size_t>(length));
-      R value{};
-      std::exception_ptr e;
-      try {
-        value = coshard::decode<R>(bytes);
-      } catch (...) {
-        const auto what = describe_current_exception();
-        e = std::make_exception_ptr(task_error(
-            what.type_name, "the result could not be decoded in the caller: " + what.message, index, pid));
-      }
-      if (e) ++failed;
-      inbox_->settle(index, std::move(e), std::move(value));
-    }
-    check_fully_consumed(in, "result frame");
-    return failed;
+    return for_each_settled<R>(h, payload, pid, [this](std::uint64_t index, outcome<R> o) {
+      if (o.ok())
+        inbox_->settle(index, nullptr, std::move(o).value());
+      else
+        inbox_->settle(index, o.error(), R{});
+    });
   }
 
   void set_error(std::size_t index, std::exception_ptr e) { inbox_->settle(index, std::move(e), R{}); }
