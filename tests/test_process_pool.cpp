@@ -26,6 +26,8 @@
 #include <sstream>
 #include <string>
 #include <cstdio>
+#include <filesystem>
+#include <system_error>
 #include <functional>
 #include <thread>
 #include <unordered_map>
@@ -296,6 +298,64 @@ TEST_CASE("a task's exception arrives as task_error with its fields; the pool st
     }
     // Still usable, with the same workers.
     CHECK(pool.map_reduce(in, [](long x) { return x; }, std::plus<>{}, 0L) == 999 * 1000 / 2);
+  });
+}
+
+namespace {
+struct rate_limited : std::runtime_error {
+  explicit rate_limited(const std::string& host) : std::runtime_error(host), host(host) {}
+  std::string host;
+};
+}  // namespace
+
+TEST_CASE("a task's exception can be caught by its own type, with the coshard details reachable") {
+  coshard::register_exception<rate_limited>();  // before the pool: forked workers inherit it
+  with_pool({.workers = 2, .batch_size = 50}, [](coshard::process_pool& pool) {
+    auto in = iota_vector(1000);
+    try {
+      (void)pool.map(in, [](long x) {
+        if (x == 617) throw std::invalid_argument("no " + std::to_string(x) + " please");
+        return x;
+      });
+      FAIL("no exception");
+    } catch (const std::invalid_argument& e) {
+      const coshard::task_error* details = coshard::task_error_of(e);
+      REQUIRE(details != nullptr);
+      CHECK(details->index() == 617);
+      CHECK(details->message() == "no 617 please");
+      CHECK(details->type_name() == "std::invalid_argument");
+      auto pids = pool.worker_pids();
+      CHECK(std::find(pids.begin(), pids.end(), details->worker_pid()) != pids.end());
+    }
+    // The code of a std::system_error survives (here a std::filesystem_error).
+    try {
+      (void)pool.map(in, [](long x) -> asio::awaitable<std::uintmax_t> {
+        co_return x == 5 ? std::filesystem::file_size("/nonexistent/coshard") : 0;
+      });
+      FAIL("no exception");
+    } catch (const std::system_error& e) {
+      CHECK(e.code() == std::errc::no_such_file_or_directory);
+      CHECK(coshard::task_error_of(e)->index() == 5);
+    }
+    // A registered user type, in each outcome of map_settled.
+    auto settled = pool.map_settled(in, [](long x) {
+      if (x % 400 == 7) throw rate_limited("host" + std::to_string(x));
+      return x;
+    });
+    int caught = 0;
+    for (std::size_t i = 0; i < settled.size(); ++i) {
+      if (settled[i].ok()) continue;
+      try {
+        std::rethrow_exception(settled[i].error());
+      } catch (const rate_limited& e) {
+        CHECK(e.host == "host" + std::to_string(i));
+        CHECK(coshard::task_error_of(e)->index() == i);
+        ++caught;
+      }
+    }
+    CHECK(caught == 3);
+    // catch (const coshard::task_error&) catches all of them, as before.
+    CHECK_THROWS_AS(pool.map(in, [](long x) { return x == 3 ? throw rate_limited("h") : x; }), coshard::task_error);
   });
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "coshard/errors.hpp"
+#include "coshard/exception_types.hpp"
 #include "coshard/keyed_reduce.hpp"
 #include "coshard/outcome.hpp"
 #include "coshard/pool_options.hpp"

@@ -28,6 +28,7 @@
 #include "coshard/detail/parent/pool_jobs.hpp"
 #include "coshard/detail/process_local.hpp"
 #include "coshard/errors.hpp"
+#include "coshard/exception_types.hpp"
 #include "coshard/job_options.hpp"
 #include "coshard/keyed_reduce.hpp"
 #include "coshard/outcome.hpp"

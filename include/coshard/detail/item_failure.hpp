@@ -7,7 +7,7 @@
 #include <utility>
 
 #include "coshard/detail/byte_buffer.hpp"
-#include "coshard/detail/demangle.hpp"
+#include "coshard/detail/exception_types.hpp"
 #include "coshard/detail/wire.hpp"
 #include "coshard/serialization.hpp"
 
@@ -25,6 +25,9 @@ inline void encode_failure(byte_buffer& out, const item_failure& f) {
   encode_value(out, f.index);
   encode_value(out, f.what.type_name);
   encode_value(out, f.what.message);
+  encode_value(out, f.what.rebuild_as);
+  encode_value(out, f.what.code);
+  encode_value(out, f.what.category);
 }
 
 inline item_failure decode_failure(input_archive& in) {
@@ -36,6 +39,9 @@ inline item_failure decode_failure(input_archive& in) {
   f.index = decode_one<std::uint64_t>(in);
   f.what.type_name = decode_one<std::string>(in);
   f.what.message = decode_one<std::string>(in);
+  f.what.rebuild_as = decode_one<std::string>(in);
+  f.what.code = decode_one<std::int32_t>(in);
+  f.what.category = decode_one<std::string>(in);
   return f;
 }
 

@@ -31,14 +31,16 @@ inline std::exception_ptr to_exception(const item_failure& f, pid_t pid) {
           index, pid));
     case failure_kind::cancelled:
       return std::make_exception_ptr(
-          item_error("coshard: input index " + std::to_string(index) + " was cancelled", index, pid));
-    case failure_kind::undecodable:
-      return std::make_exception_ptr(task_error(
-          f.what.type_name, "the input could not be decoded in the worker: " + f.what.message, index, pid));
+          item_cancelled("coshard: input index " + std::to_string(index) + " was cancelled", index, pid));
+    case failure_kind::undecodable: {
+      exception_description what = f.what;
+      what.message = "the input could not be decoded in the worker: " + what.message;
+      return make_task_error(what, index, pid);
+    }
     case failure_kind::threw:
       break;
   }
-  return std::make_exception_ptr(task_error(f.what.type_name, f.what.message, index, pid));
+  return make_task_error(f.what, index, pid);
 }
 
 /// Results of `map`, placed by input index as batches return in any order.
@@ -161,10 +163,9 @@ std::size_t for_each_settled(const frame_header& h, std::span<const std::byte> p
     try {
       value.emplace(coshard::decode<R>(bytes));
     } catch (...) {
-      const auto what = describe_current_exception();
-      settle(index, outcome<R>(std::make_exception_ptr(
-                        task_error(what.type_name, "the result could not be decoded in the caller: " + what.message,
-                                   static_cast<std::size_t>(index), pid))));
+      auto what = describe_current_exception();
+      what.message = "the result could not be decoded in the caller: " + what.message;
+      settle(index, outcome<R>(make_task_error(what, static_cast<std::size_t>(index), pid)));
       ++failed;
       continue;
     }

@@ -70,25 +70,25 @@ class job final : public job_engine {
       while (count < target && it != end) {
         const std::size_t mark = rec.payload.size();
         const std::uint64_t index = next_index_ + count;
-        std::string rejected_type, rejected_why;
+        std::optional<exception_description> rejected;
         try {
           encode_value(rec.payload, static_cast<const T&>(*it));
         } catch (...) {
-          const auto what = describe_current_exception();
-          rejected_type = what.type_name;
-          rejected_why = "the input could not be encoded: " + what.message;
+          rejected = describe_current_exception();
+          rejected->message = "the input could not be encoded: " + rejected->message;
         }
         const std::size_t item_bytes = rec.payload.size() - mark;
-        if (rejected_why.empty() && item_bytes > opts_.max_frame_bytes) {
-          rejected_type = "coshard::serialization_error";
-          rejected_why = "input index " + std::to_string(index) + " is " + std::to_string(item_bytes) +
-                         " bytes encoded, above max_frame_bytes (" + std::to_string(opts_.max_frame_bytes) +
-                         "): it cannot be sent to a worker";
+        if (!rejected && item_bytes > opts_.max_frame_bytes) {
+          rejected = exception_description{
+              "coshard::serialization_error",
+              "input index " + std::to_string(index) + " is " + std::to_string(item_bytes) +
+                  " bytes encoded, above max_frame_bytes (" + std::to_string(opts_.max_frame_bytes) +
+                  "): it cannot be sent to a worker"};
         }
-        if (!rejected_why.empty()) {
+        if (rejected) {
           // Only this item fails; the batch closes before it.
           rec.payload.truncate(mark);
-          reject_input(index, rejected_type, rejected_why);
+          reject_input(index, *rejected);
           ++it;
           if (it == end) input_done_ = !streaming;
           if (count > 0) {

@@ -159,8 +159,8 @@ class job_engine {
     next_index_ = rec.first + count;
   }
   /// Fails input `index` alone, as a task_error naming why it cannot travel.
-  void reject_input(std::uint64_t index, const std::string& type_name, const std::string& why) {
-    fail_item(index, std::make_exception_ptr(task_error(type_name, why, static_cast<std::size_t>(index), ::getpid())));
+  void reject_input(std::uint64_t index, const exception_description& why) {
+    fail_item(index, make_task_error(why, static_cast<std::size_t>(index), ::getpid()));
   }
   [[nodiscard]] bool stopping() const { return cancelled_ || failure_ || first_item_error_; }
   [[nodiscard]] std::size_t next_batch_size() const {
