@@ -338,3 +338,34 @@ TEST_CASE("exec: the supervisor and workers exit soon after the owner dies by SI
   WARN("all gone " << seconds << " s after the owner's death");
   for (pid_t p : pids) CHECK_FALSE(alive(p));
 }
+
+TEST_CASE("exec: workers' lines reach the caller's stderr whole and prefixed, or its sink") {
+  namespace out = coshard_test::output_lines;
+  const std::vector<long> items{0, 1};
+  const auto print = [](long item) { return out::print_lines(item); };
+  {
+    const std::string path =
+        (std::filesystem::temp_directory_path() / ("coshard-exec-out-" + std::to_string(::getpid()))).string();
+    {
+      out::stderr_to_file redirect(path);
+      coshard::process_pool pool{{.workers = 2, .batch_size = 1, .start = start_method::exec}};
+      CHECK(pool.map(items, print) == items);
+    }
+    const auto lines = out::parse_prefixed(path);
+    std::filesystem::remove(path);
+    out::check_lines(lines, 2, 2);
+  }
+  std::mutex mutex;
+  std::vector<out::arrived> lines;
+  {
+    coshard::process_pool pool{{.workers = 2,
+                                .batch_size = 1,
+                                .start = start_method::exec,
+                                .worker_output = [&](const coshard::worker_output_line& l) {
+                                  std::lock_guard lock(mutex);
+                                  lines.push_back({static_cast<long>(l.slot), l.pid, l.stream, std::string(l.text)});
+                                }}};
+    CHECK(pool.map(items, print) == items);
+  }
+  out::check_lines(lines, 2, 2);
+}

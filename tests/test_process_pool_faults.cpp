@@ -15,6 +15,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <pty.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -1004,5 +1005,176 @@ TEST_CASE("progress: an exception from the callback ends the job with it") {
     CHECK(pool.worker_pids() == before);
     // The pool is fine afterwards.
     CHECK(pool.map(iota_vector(10), [](long x) { return x + 1; }).back() == 10);
+  });
+}
+
+namespace {
+
+// What a terminal shows after `bytes`: '\r' returns to the line's start,
+// "\x1b[K" erases to its end, '\n' starts a new line.
+std::vector<std::string> render_terminal(const std::string& bytes) {
+  std::vector<std::string> lines(1);
+  std::size_t col = 0;
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    const char c = bytes[i];
+    if (c == '\r') {
+      col = 0;
+    } else if (c == '\n') {
+      lines.emplace_back();
+      col = 0;
+    } else if (c == '\x1b' && bytes.compare(i, 3, "\x1b[K") == 0) {
+      lines.back().resize(std::min(lines.back().size(), col));
+      i += 2;
+    } else {
+      std::string& line = lines.back();
+      if (line.size() <= col) line.resize(col + 1, ' ');
+      line[col++] = c;
+    }
+  }
+  if (lines.back().empty()) lines.pop_back();
+  return lines;
+}
+
+std::string read_available(int fd) {
+  std::string out;
+  char buf[4096];
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  return out;
+}
+
+// A job of ~0.8 s over 2 workers, with one failing item.
+template <class Bar>
+void run_barred_job(coshard::process_pool& pool, Bar bar) {
+  coshard::job_options options;
+  options.progress = std::move(bar);
+  auto out = pool.map_settled(iota_vector(4000), [](long x) {
+    if (x == 7) throw std::runtime_error("seven");
+    std::this_thread::sleep_for(std::chrono::microseconds(400));
+    return x;
+  }, options);
+  CHECK(out.size() == 4000);
+}
+
+}  // namespace
+
+TEST_CASE("progress_bar: in a pseudo-terminal it is one line, redrawn, ending at 100%") {
+  int master = -1, slave = -1;
+  REQUIRE(::openpty(&master, &slave, nullptr, nullptr, nullptr) == 0);
+  with_pool({.workers = 2}, [&](coshard::process_pool& pool) {
+    run_barred_job(pool, coshard::progress_bar({.label = "test", .fd = slave, .show_after = std::chrono::milliseconds(0)}));
+  });
+  const std::string bytes = read_available(master);
+  ::close(slave);
+  ::close(master);
+  INFO(bytes);
+  CHECK(std::count(bytes.begin(), bytes.end(), '\r') >= 3);  // redrawn in place (the pty adds one before '\n')
+  const auto screen = render_terminal(bytes);
+  REQUIRE(screen.size() == 1);
+  CHECK(screen[0].rfind("test  100% [########################]  4,000/4,000 items  ", 0) == 0);
+  CHECK(screen[0].find(" in 0:0") != std::string::npos);
+  CHECK(screen[0].find("1 failed") != std::string::npos);
+}
+
+TEST_CASE("progress_bar: elsewhere it writes plain lines, periodically and at the end; a quick job stays silent") {
+  int pipe_fds[2];
+  REQUIRE(::pipe(pipe_fds) == 0);
+  with_pool({.workers = 2}, [&](coshard::process_pool& pool) {
+    run_barred_job(pool, coshard::progress_bar({.label = "plain",
+                                                .fd = pipe_fds[1],
+                                                .show_after = std::chrono::milliseconds(0),
+                                                .plain_interval = std::chrono::milliseconds(200)}));
+    const std::string bytes = read_available(pipe_fds[0]);
+    INFO(bytes);
+    CHECK(bytes.find('\r') == std::string::npos);
+    CHECK(bytes.find('\x1b') == std::string::npos);
+    const auto lines = render_terminal(bytes);
+    CHECK(lines.size() >= 2);
+    CHECK(lines.size() <= 10);  // not one per report
+    for (const auto& l : lines) CHECK(l.rfind("plain  ", 0) == 0);
+    CHECK(lines.back().find("100%") != std::string::npos);
+    // The default show_after (1 s): a 10 ms job writes nothing.
+    coshard::job_options quick;
+    quick.progress = coshard::progress_bar({.label = "quick", .fd = pipe_fds[1]});
+    CHECK(pool.map(iota_vector(100), [](long x) { return x; }, quick).size() == 100);
+    CHECK(read_available(pipe_fds[0]).empty());
+  });
+  ::close(pipe_fds[0]);
+  ::close(pipe_fds[1]);
+}
+
+TEST_CASE("progress_bar: the line for an input of unknown size, and the ETA") {
+  coshard::job_progress p;
+  p.items_done = 1500;
+  p.elapsed = std::chrono::seconds(3);
+  CHECK(coshard::progress_bar::format(p, {.unit = "pages"}) == "1,500 pages  500 pages/s  0:03");
+  p.items_total = 4500;
+  p.items_retried = 12;
+  CHECK(coshard::progress_bar::format(p, {.label = "crawl", .width = 10}) ==
+        "crawl   33% [###-------]  1,500/4,500 items  500 items/s  ETA 0:06  12 retried");
+}
+
+TEST_CASE("stats: cumulative jobs, items, batches, retries, timeouts, replacements and busy time") {
+  with_pool({.workers = 2, .timeout_grace = std::chrono::milliseconds(100)}, [](coshard::process_pool& pool) {
+    progress_kills->store(0);
+    auto before = pool.stats();
+    CHECK(before.jobs_started == 0);
+    CHECK(before.busy_per_worker == std::vector<std::chrono::nanoseconds>(2));
+    // 1: 3000 items, two worker deaths, one poison item.
+    auto settled = pool.map_settled(iota_vector(3000), [](long x) {
+      if (x == 500 && progress_kills->fetch_add(1) < 2) ::raise(SIGKILL);
+      if (x == 2999) throw std::runtime_error("poison 2999");
+      return x;
+    }, coshard::job_options{.batch_size = 16});
+    // 2: an awaitable item cancelled at item_timeout.
+    auto awaited = pool.map_settled(iota_vector(10), [](long x) -> asio::awaitable<long> {
+      if (x == 5) {
+        asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::seconds(30));
+        co_await t.async_wait(asio::use_awaitable);
+      }
+      co_return x;
+    }, coshard::job_options{.item_timeout = std::chrono::milliseconds(200)});
+    // 3: a plain item stuck past item_timeout + timeout_grace: its worker is replaced.
+    auto stuck = pool.map_settled(iota_vector(10), [](long x) {
+      if (x == 3) std::this_thread::sleep_for(std::chrono::seconds(30));
+      return x;
+    }, coshard::job_options{.item_timeout = std::chrono::milliseconds(200)});
+    // 4: cancelled before it starts; 5: fails.
+    std::stop_source stop;
+    stop.request_stop();
+    CHECK_THROWS(pool.map(iota_vector(10), [](long x) { return x; }, coshard::job_options{.stop_token = stop.get_token()}));
+    CHECK_THROWS_AS(pool.map(iota_vector(10), [](long x) { return x == 4 ? throw std::domain_error("d") : x; }),
+                    std::domain_error);
+    CHECK(!settled[2999].ok());
+    CHECK(!awaited[5].ok());
+    CHECK(!stuck[3].ok());
+
+    const auto s = pool.stats();
+    CHECK(s.jobs_started == 5);
+    CHECK(s.jobs_succeeded == 3);
+    CHECK(s.jobs_cancelled == 1);
+    CHECK(s.jobs_failed == 1);
+    CHECK(s.items_failed == 4);  // poison, two timeouts, the domain_error
+    CHECK(s.items_done + s.items_failed >= 3020);  // job 5 may stop before all its items ran
+    CHECK(s.items_done + s.items_failed <= 3030);
+    CHECK(s.timeouts == 2);
+    CHECK(s.workers_replaced >= 3);
+    CHECK(s.items_retried >= 2);
+    CHECK(s.batches >= 3000 / 16);
+    CHECK(s.bytes_sent >= 3000 * sizeof(long));
+    CHECK(s.bytes_received >= 3000 * sizeof(long));
+    REQUIRE(s.busy_per_worker.size() == 2);
+    std::chrono::nanoseconds busy_total{0};
+    for (auto busy : s.busy_per_worker) {
+      CHECK(busy > std::chrono::nanoseconds(0));
+      CHECK(busy <= s.uptime);
+      busy_total += busy;
+    }
+    CHECK(busy_total >= std::chrono::milliseconds(200 + 300));  // the two timed-out items at least
+    CHECK(s.uptime > before.uptime);
   });
 }

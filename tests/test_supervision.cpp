@@ -25,6 +25,8 @@
 #include <fstream>
 #include <future>
 #include <ios>
+#include <iterator>
+#include <mutex>
 #include <numeric>
 #include <optional>
 #include <set>
@@ -653,4 +655,111 @@ TEST_CASE("item_timeout bounds an awaitable that blocks its worker's loop") {
   }
   for (long i = 0; i < 40; ++i)
     if (i != 5) REQUIRE(out[static_cast<std::size_t>(i)].value() == i);
+}
+
+namespace {
+
+// The output test's task: both items wait (up to 5 s) until both have
+// started, so that two workers print at once.
+struct print_together {
+  std::atomic<int>* started;
+  long operator()(long item) const {
+    started->fetch_add(1);
+    const auto give_up = std::chrono::steady_clock::now() + 5s;
+    while (started->load() < 2 && std::chrono::steady_clock::now() < give_up) std::this_thread::sleep_for(1ms);
+    return coshard_test::output_lines::print_lines(item);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("worker output: 2 workers printing 10,000 lines each at once give 20,000 whole, attributed lines") {
+  namespace out = coshard_test::output_lines;
+  auto* started = coshard_test::shared_with_forks<std::atomic<int>>();
+  started->store(0);
+  std::vector<long> items{0, 1};
+
+  SECTION("to a sink, each line with its slot, pid and stream, all delivered once shutdown returns") {
+    std::mutex mutex;
+    std::vector<out::arrived> lines;
+    std::set<std::thread::id> threads;
+    {
+      coshard::process_pool pool{{.workers = 2,
+                                  .batch_size = 1,
+                                  .worker_output = [&](const coshard::worker_output_line& l) {
+                                    std::lock_guard lock(mutex);
+                                    threads.insert(std::this_thread::get_id());
+                                    lines.push_back({static_cast<long>(l.slot), l.pid, l.stream, std::string(l.text)});
+                                  }}};
+      CHECK(pool.map(items, print_together{started}) == items);
+      pool.shutdown();
+      std::lock_guard lock(mutex);
+      out::check_lines(lines, 2, 2);
+      CHECK(threads.size() == 1);  // one line at a time, from one thread of the pool
+      CHECK(threads.count(std::this_thread::get_id()) == 0);
+    }
+    // Both printed at once, each in its own worker.
+    std::set<long> pids;
+    for (const auto& l : lines) pids.insert(l.pid);
+    CHECK(pids.size() == 2);
+  }
+
+  SECTION("to the caller's stderr, each line whole and prefixed with its worker's slot and pid") {
+    const std::string path = (std::filesystem::temp_directory_path() / ("coshard-out-" + std::to_string(::getpid()))).string();
+    {
+      coshard_test::output_lines::stderr_to_file redirect(path);
+      coshard::process_pool pool{{.workers = 2, .batch_size = 1}};
+      CHECK(pool.map(items, print_together{started}) == items);
+    }  // the destructor returns after the last line is written
+    const auto lines = out::parse_prefixed(path);
+    std::filesystem::remove(path);
+    out::check_lines(lines, 2, 2);
+  }
+}
+
+TEST_CASE("worker output: a last line without a newline arrives when its worker dies; capture can be turned off") {
+  const std::string path = (std::filesystem::temp_directory_path() / ("coshard-out-" + std::to_string(::getpid()))).string();
+  pid_t crashed_pid = 0;
+  {
+    coshard_test::output_lines::stderr_to_file redirect(path);
+    coshard::process_pool pool{{.workers = 1, .max_retries = 0}};
+    try {
+      (void)pool.map(std::vector<long>{1}, [](long x) {
+        const std::string words = "last words of " + std::to_string(::getpid());
+        (void)!::write(2, words.data(), words.size());
+        std::abort();
+        return x;
+      });
+      FAIL("no exception");
+    } catch (const coshard::worker_crashed& e) {
+      crashed_pid = e.worker_pid();
+    }
+  }
+  {
+    std::ifstream in(path);
+    std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK(all == "[worker 0 pid " + std::to_string(crashed_pid) + "] last words of " + std::to_string(crashed_pid) +
+                     "\n");
+  }
+  {
+    coshard_test::output_lines::stderr_to_file redirect(path);
+    coshard::process_pool pool{{.workers = 1, .capture_worker_output = false}};
+    (void)pool.map(std::vector<long>{1}, [](long x) {
+      std::fprintf(stderr, "plain %d\n", static_cast<int>(::getpid()));
+      return x;
+    });
+    const auto pids = pool.worker_pids();
+    pool.shutdown();
+    std::ifstream in(path);
+    std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK(all == "plain " + std::to_string(pids.at(0)) + "\n");
+  }
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("worker output: a sink with capture turned off is refused, naming both options") {
+  CHECK_THROWS_WITH(coshard::process_pool({.workers = 1,
+                                           .capture_worker_output = false,
+                                           .worker_output = [](const coshard::worker_output_line&) {}}),
+                    Catch::Contains("worker_output") && Catch::Contains("capture_worker_output"));
 }

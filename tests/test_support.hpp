@@ -5,12 +5,14 @@
 #include <catch2/catch.hpp>
 #include <coshard/process_pool.hpp>
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <chrono>
@@ -233,5 +235,114 @@ T* shared_with_forks(std::size_t count = 1) {
   for (std::size_t i = 0; i < count; ++i) new (values + i) T();
   return values;
 }
+
+/// Worker output tests: what a task prints, and what must arrive.
+namespace output_lines {
+
+inline constexpr long per_item = 10'000;
+inline const std::string payload(100, 'x');
+
+/// The task: `per_item` lines "item I line N pid P stream S xxx...", odd
+/// lines to stderr, even ones to stdout (printf and std::fprintf, as user
+/// code would), all of one item at once with no pause.
+inline long print_lines(long item) {
+  const int pid = static_cast<int>(::getpid());
+  for (long n = 0; n < per_item; ++n) {
+    if (n % 2)
+      std::fprintf(stderr, "item %ld line %ld pid %d stream 2 %s\n", item, n, pid, payload.c_str());
+    else
+      std::printf("item %ld line %ld pid %d stream 1 %s\n", item, n, pid, payload.c_str());
+  }
+  return item;
+}
+
+/// One line as it arrived: the worker it was attributed to, and its text.
+struct arrived {
+  long slot = -1;
+  long pid = -1;
+  int stream = 0;  // 0: not known (a prefixed line on stderr)
+  std::string text;
+};
+
+/// Checks that `lines` are exactly the lines `items` printers wrote: each
+/// whole, attributed to the pid that printed it, once, in order per stream,
+/// with one slot per pid.
+inline void check_lines(const std::vector<arrived>& lines, long items, long workers) {
+  CHECK(lines.size() == static_cast<std::size_t>(items * per_item));
+  // Per item and stream: the last line number seen, and how many arrived.
+  std::vector<std::array<long, 3>> last(static_cast<std::size_t>(items), {-1, -1, -1});
+  std::vector<std::array<long, 3>> count(static_cast<std::size_t>(items), {0, 0, 0});
+  std::set<std::pair<long, long>> slot_of_pid;
+  std::size_t bad = 0;
+  for (const auto& l : lines) {
+    long item = -1, n = -1, pid = -1;
+    int stream = 0, used = 0;
+    const bool whole = std::sscanf(l.text.c_str(), "item %ld line %ld pid %ld stream %d %n", &item, &n, &pid,
+                                   &stream, &used) == 4 &&
+                       used > 0 && l.text.substr(static_cast<std::size_t>(used)) == payload;
+    const bool attributed = whole && pid == l.pid && l.slot >= 0 && l.slot < workers &&
+                            (l.stream == 0 || l.stream == stream) && (stream == 1 || stream == 2);
+    // Odd lines go to stderr, even ones to stdout, each stream in order.
+    const bool in_order = attributed && item >= 0 && item < items && n < per_item && n % 2 == stream - 1 &&
+                          n > last[static_cast<std::size_t>(item)][static_cast<std::size_t>(stream)];
+    if (!in_order) {
+      if (++bad <= 3) UNSCOPED_INFO("not a whole, attributed line in order: [" << l.slot << " " << l.pid << "] " << l.text);
+      continue;
+    }
+    last[static_cast<std::size_t>(item)][static_cast<std::size_t>(stream)] = n;
+    ++count[static_cast<std::size_t>(item)][static_cast<std::size_t>(stream)];
+    slot_of_pid.insert({l.pid, l.slot});
+  }
+  CHECK(bad == 0);
+  for (long item = 0; item < items; ++item) {
+    CHECK(count[static_cast<std::size_t>(item)][1] == per_item / 2);
+    CHECK(count[static_cast<std::size_t>(item)][2] == per_item / 2);
+  }
+  std::set<long> pids;
+  for (auto& [pid, slot] : slot_of_pid) CHECK(pids.insert(pid).second);  // one slot per pid
+}
+
+/// Reads "[worker S pid P] text" lines as the default route writes them.
+inline std::vector<arrived> parse_prefixed(const std::string& path) {
+  std::vector<arrived> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    arrived a;
+    int used = 0;
+    if (std::sscanf(line.c_str(), "[worker %ld pid %ld] %n", &a.slot, &a.pid, &used) == 2 && used > 0)
+      a.text = line.substr(static_cast<std::size_t>(used));
+    else
+      a.text = line;  // counted as a bad line by check_lines
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+/// Sends this process's stderr to a file until destroyed (a pool built
+/// meanwhile gives its supervisor that stderr).
+class stderr_to_file {
+ public:
+  explicit stderr_to_file(std::string path) : path_(std::move(path)) {
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    ::dup2(fd, 2);
+    ::close(fd);
+  }
+  ~stderr_to_file() {
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+  }
+  stderr_to_file(const stderr_to_file&) = delete;
+  stderr_to_file& operator=(const stderr_to_file&) = delete;
+
+ private:
+  std::string path_;
+  int saved_ = -1;
+};
+
+}  // namespace output_lines
 
 }  // namespace coshard_test

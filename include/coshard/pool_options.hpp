@@ -13,6 +13,7 @@
 
 #include "coshard/errors.hpp"
 #include "coshard/shippable_function.hpp"
+#include "coshard/worker_output.hpp"
 
 namespace coshard {
 
@@ -82,6 +83,19 @@ struct pool_options {
   std::size_t max_worker_rss_bytes = 0;
   /// How the supervisor (and so every worker) is started; see start_method.
   start_method start = start_method::fork_server;
+  /// Whether lines that workers write to stdout and stderr are collected:
+  /// each reaches the caller's stderr whole (lines of two workers never
+  /// tear), prefixed "[worker SLOT pid PID] ", or goes to `worker_output`
+  /// when that is set. Workers' stdout is line-buffered, as on a terminal.
+  /// false: workers write straight to the caller's stdout and stderr, as
+  /// forked processes do.
+  bool capture_worker_output = true;
+  /// Receives each collected line instead of the caller's stderr: on a thread
+  /// of the pool, one line at a time, in the order each worker wrote them.
+  /// It should return quickly: the workers' output waits for it. What it
+  /// throws is dropped. Every line is delivered before shutdown() (or the
+  /// destructor) returns.
+  std::function<void(const worker_output_line&)> worker_output{};
 };
 
 /// How process_pool::shutdown treats a running job.
@@ -124,6 +138,8 @@ inline void validate_options(const pool_options& o) {
   if (o.target_batch_time.count() <= 0) fail("target_batch_time must be positive");
   if (o.target_batch_time > std::chrono::hours(1)) fail("target_batch_time must be at most an hour");
   if (o.start != start_method::fork_server && o.start != start_method::exec) fail("start is not a start_method");
+  if (o.worker_output && !o.capture_worker_output)
+    fail("worker_output is set but capture_worker_output is false: lines that are not collected cannot be delivered");
   if (o.start == start_method::exec) {
     if (o.initializer && !o.initializer.sendable())
       fail("initializer cannot be sent to workers started with start_method::exec: " +

@@ -33,6 +33,8 @@
 #include "coshard/keyed_reduce.hpp"
 #include "coshard/outcome.hpp"
 #include "coshard/pool_options.hpp"
+#include "coshard/pool_stats.hpp"
+#include "coshard/progress_bar.hpp"
 #include "coshard/serialization.hpp"
 #include "coshard/serve_if_worker.hpp"
 
@@ -98,6 +100,12 @@ class process_pool {
     for (auto& s : core_->workers.slots()) pids.push_back(s.pid.load());
     return pids;
   }
+
+  /// What the pool has done since it was built: jobs and how they ended,
+  /// items done, failed, retried and timed out, batches, workers replaced,
+  /// bytes each way, and each worker slot's busy time (see pool_stats).
+  /// Counts move while jobs run. Any thread; never blocks on a job.
+  [[nodiscard]] pool_stats stats() const { return core_->stats(); }
 
   // Every job function takes an optional `coshard::job_options` (before the
   // completion token of an async_ form): per-job batch_size, item_timeout,

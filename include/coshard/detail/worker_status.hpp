@@ -12,11 +12,14 @@
 
 namespace coshard::detail {
 
-/// A page shared between the parent and one worker, written by the worker
-/// just before it exits on its own (so the parent learns why).
+/// A page shared between the parent and the workers of one slot: written by
+/// the worker just before it exits on its own (so the parent learns why),
+/// and counting what the parent cannot see in its replies.
 struct worker_status {
   static constexpr std::uint64_t none = ~std::uint64_t{0};
   std::atomic<std::uint64_t> timed_out_index{none};
+  /// Items cancelled at item_timeout by this slot's workers, all of them.
+  std::atomic<std::uint64_t> items_timed_out{0};
 };
 
 /// Wait status reported for a worker whose supervisor died before reaping it

@@ -32,9 +32,9 @@ class job final : public job_engine {
  public:
   using value_type = typename Collector::value_type;
 
-  job(worker_transport& transport, slot_scheduler& scheduler, job_settings settings, std::uint64_t job_id, View inputs,
-      byte_buffer job_start, Collector collector)
-      : job_engine(transport, scheduler, settings, job_id, std::move(job_start),
+  job(worker_transport& transport, slot_scheduler& scheduler, pool_counters& counters, job_settings settings,
+      std::uint64_t job_id, View inputs, byte_buffer job_start, Collector collector)
+      : job_engine(transport, scheduler, counters, settings, job_id, std::move(job_start),
                    job_shape{Spec::traits::is_awaitable, Collector::settled, streaming}),
         inputs_(std::move(inputs)),
         collector_(std::move(collector)) {}

@@ -38,6 +38,7 @@
 #include "coshard/detail/item_failure.hpp"
 #include "coshard/detail/parent/batch.hpp"
 #include "coshard/detail/parent/collectors.hpp"
+#include "coshard/detail/parent/pool_counters.hpp"
 #include "coshard/detail/parent/slot_scheduler.hpp"
 #include "coshard/detail/parent/transport.hpp"
 #include "coshard/detail/separate_compilation.hpp"
@@ -70,14 +71,16 @@ class job_engine {
     bool leased = false;              // this job holds the slot (slot_scheduler)
     bool yielding = false;            // promised back: no new batches, released once drained
     std::size_t answered_in_lease = 0;
+    std::chrono::steady_clock::time_point busy_since{};  // when `held` last became non-empty
   };
 
  public:
-  job_engine(worker_transport& transport, slot_scheduler& scheduler, job_settings settings, std::uint64_t job_id,
-             byte_buffer job_start, job_shape shape)
+  job_engine(worker_transport& transport, slot_scheduler& scheduler, pool_counters& counters, job_settings settings,
+             std::uint64_t job_id, byte_buffer job_start, job_shape shape)
       : opts_(settings),
         transport_(transport),
         scheduler_(scheduler),
+        counters_(counters),
         job_id_(job_id),
         job_start_(std::move(job_start)),
         shape_(shape),
@@ -402,6 +405,18 @@ class job_engine {
   }
 
   // Retries go out lowest input index first.
+  // Adds what the job counted since the last call to the pool's totals.
+  void flush_counters() noexcept {
+    counters_.add_progress(progress_, counted_);
+    counted_ = progress_;
+  }
+
+  // The worker in slot `i` holds no batch any more: the time since it got
+  // its first one was busy time.
+  void worker_idle(std::size_t i) noexcept {
+    counters_.busy(i, std::chrono::steady_clock::now() - channels_[i].busy_since);
+  }
+
   void sort_retries() {
     std::sort(retry_.begin(), retry_.end(),
               [](const batch_record& a, const batch_record& b) { return a.first < b.first; });
@@ -412,6 +427,7 @@ class job_engine {
     channel& ch = channels_[i];
     batch_record rec = std::move(ch.held.back());
     ch.held.pop_back();
+    if (ch.held.empty()) worker_idle(i);
     auto& assigned = transport_.allowance(i).items_assigned;
     assigned -= std::min<std::size_t>(assigned, rec.count);
     retry_.push_back(std::move(rec));
@@ -457,6 +473,7 @@ class job_engine {
 
   worker_transport& transport_;
   slot_scheduler& scheduler_;
+  pool_counters& counters_;
   std::uint64_t job_id_;
   byte_buffer job_start_;
   job_shape shape_;
@@ -468,6 +485,7 @@ class job_engine {
   std::shared_ptr<slot_scheduler::tenant> tenant_;
   std::shared_ptr<job_engine*> alive_;  // null inside once run() has ended or its frame is gone
   job_progress progress_;
+  job_progress counted_;  // progress_ as last added to counters_
   bool progress_failed_ = false;  // the callback threw: not called again
   std::chrono::steady_clock::time_point started_{};
   std::chrono::steady_clock::time_point last_report_{};
@@ -489,6 +507,7 @@ COSHARD_DECL asio::awaitable<void> job_engine::run() {
   co_await asio::this_coro::throw_if_cancelled(false);
   co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation());
   started_ = last_report_ = std::chrono::steady_clock::now();
+  counters_.job_started();
   try {
     if (job_start_.size() > opts_.max_frame_bytes)
       throw pool_error("coshard: the job's function, reducer and shared value take " +
@@ -497,6 +516,8 @@ COSHARD_DECL asio::awaitable<void> job_engine::run() {
     open_input();
   } catch (...) {
     report_progress(/*final=*/true);
+    flush_counters();
+    counters_.job_ended(pool_counters::job_end::failed);
     throw;
   }
   progress_.items_total = total_;
@@ -557,6 +578,10 @@ COSHARD_DECL asio::awaitable<void> job_engine::run() {
     end = failure_;
   else if (first_item_error_)
     end = first_item_error_.get();
+  flush_counters();
+  counters_.job_ended(!end                          ? pool_counters::job_end::succeeded
+                      : cancelled_ && !cut_by_forced_shutdown_ ? pool_counters::job_end::cancelled
+                                                               : pool_counters::job_end::failed);
   on_end(end);  // a stream's open tasks
   if (end) std::rethrow_exception(end);
 }
@@ -577,6 +602,7 @@ COSHARD_DECL void job_engine::serve_slot(std::size_t i) {
       transport_.release(i);
       for (batch_record& rec : ch.held) spare_.give(std::move(rec.payload));
       ch.held.clear();
+      worker_idle(i);
     }
     ch.leased = false;
     --running_;
@@ -678,6 +704,7 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
     while (can_send(i) && !give_way(ch)) {
       std::optional<batch_record> rec = next_batch(ch, item_budget(i));
       if (!rec) break;
+      if (ch.held.empty()) ch.busy_since = std::chrono::steady_clock::now();
       ch.held.push_back(std::move(*rec));
       update_demand();
       const batch_record& b = ch.held.back();
@@ -741,7 +768,10 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
     handle_reply(i, h, payload, &*rec);
     spare_.give(std::move(rec->payload));
     ch.held.erase(rec);
+    counters_.batch_answered();
+    if (ch.held.empty()) worker_idle(i);
     report_progress(/*final=*/false);
+    flush_counters();
     ++answered;
     ++ch.answered_in_lease;
     if (opts_.max_worker_rss_bytes && (std::uint64_t{h.rss_mib} << 20) > opts_.max_worker_rss_bytes)
@@ -770,6 +800,7 @@ COSHARD_DECL void job_engine::requeue_lost(std::size_t i, const worker_end& end,
   const bool alone = ch.held.size() == 1;
   for (batch_record& rec : ch.held) {
     if (timed_out >= rec.first && timed_out < rec.first + rec.count) {
+      counters_.timed_out();
       fail_item(timed_out,
                 std::make_exception_ptr(timeout_error("coshard: input index " + std::to_string(timed_out) +
                                                           " ran past item_timeout + timeout_grace; its worker (pid " +
@@ -796,21 +827,24 @@ COSHARD_DECL void job_engine::requeue_lost(std::size_t i, const worker_end& end,
     } else if (rec.crashes > opts_.max_retries) {
       // A worker whose supervisor died was killed by its parent-death signal.
       const int sig = unknown ? SIGKILL : WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-      if (code == timeout_exit_code)  // its worker's watchdog ended it, every time
+      if (code == timeout_exit_code) {  // its worker's watchdog ended it, every time
+        counters_.timed_out();
         fail_item(rec.first, std::make_exception_ptr(timeout_error(
                                  "coshard: input index " + std::to_string(rec.first) +
                                      " ran past item_timeout + timeout_grace, blocking its worker; the worker (pid " +
                                      std::to_string(pid) + ") was replaced",
                                  static_cast<std::size_t>(rec.first), pid)));
-      else
+      } else {
         fail_item(rec.first,
                   std::make_exception_ptr(worker_crashed(static_cast<std::size_t>(rec.first), pid, sig, code, how)));
+      }
       spare_.give(std::move(rec.payload));
     } else {
       rec.suspect = true;
       retry_.push_back(std::move(rec));
     }
   }
+  if (!ch.held.empty()) worker_idle(i);
   ch.held.clear();
   sort_retries();
 }

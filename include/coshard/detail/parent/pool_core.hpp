@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "coshard/detail/parent/local_transport.hpp"
+#include "coshard/detail/parent/pool_counters.hpp"
 #include "coshard/detail/parent/slot_scheduler.hpp"
 #include "coshard/detail/parent/task_stream.hpp"
 #include "coshard/detail/parent/worker_set.hpp"
@@ -67,6 +68,15 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   ~pool_core();
 
   [[nodiscard]] pid_t owner() const noexcept { return owner_; }
+
+  /// The pool's figures since construction (process_pool::stats()).
+  [[nodiscard]] pool_stats stats() const {
+    pool_stats s = counters.snapshot();
+    // Items cancelled at item_timeout are counted by the workers themselves.
+    for (const auto& slot : workers.slots())
+      if (slot.status) s.timeouts += slot.status->items_timed_out.load(std::memory_order_relaxed);
+    return s;
+  }
 
   /// Throws pool_error unless called in the process that built the pool.
   void check_owner() const {
@@ -222,6 +232,8 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   local_transport transport{workers};
   /// Shares the workers between the jobs running at once.
   slot_scheduler scheduler;
+  /// The totals behind stats(), added to by every job.
+  pool_counters counters{workers.slots().size()};
   /// A blocking call runs its job here, on the calling thread (see take_home).
   asio::io_context io{1};
   std::atomic<std::uint64_t> job_counter{0};

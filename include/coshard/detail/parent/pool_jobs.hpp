@@ -106,7 +106,7 @@ class pool_jobs {
                                                                   typename Spec::shared_type, typename Spec::acc_type>>);
     detail::job_settings settings(core.workers.options(), options);
     auto start = detail::encode_job_start(detail::entry<Spec>::id, parts..., settings.item_timeout);
-    return detail::job<Spec, View, Collector>(core.transport, core.scheduler, settings, ++core.job_counter,
+    return detail::job<Spec, View, Collector>(core.transport, core.scheduler, core.counters, settings, ++core.job_counter,
                                               std::move(view), std::move(start), std::move(collector));
   }
   template <class Spec, class View, class Collector, class... Parts>

@@ -30,8 +30,8 @@ struct supervisor_launch {
 };
 
 /// The fork-server launch: the supervisor is a fork of the calling process.
-inline supervisor_launch fork_supervisor(const worker_settings_factory& settings) {
-  return {[&settings](int control) {
+inline supervisor_launch fork_supervisor(const worker_settings_factory& settings, output_route output) {
+  return {[&settings, output](int control) {
             const pid_t owner = ::getpid();
             flush_standard_streams();
             // Signals stay blocked across the fork: until the child has reset
@@ -41,7 +41,7 @@ inline supervisor_launch fork_supervisor(const worker_settings_factory& settings
             sigfillset(&all);
             ::pthread_sigmask(SIG_SETMASK, &all, &old);
             const pid_t pid = ::fork();
-            if (pid == 0) supervisor_process(control, owner, settings).run();
+            if (pid == 0) supervisor_process(control, owner, settings, output).run();
             const int fork_errno = errno;
             ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
             if (pid < 0)
@@ -60,8 +60,10 @@ class supervisor_link {
   /// `startup_timeout`) until it says it serves. Throws pool_error naming the
   /// cause if it cannot be started, exits first or stays silent; nothing is
   /// left behind then.
-  supervisor_link(const supervisor_launch& launch, std::chrono::milliseconds startup_timeout)
-      : owner_(::getpid()) {
+  /// `output_sink` receives the lines of an output_route::owner supervisor.
+  supervisor_link(const supervisor_launch& launch, std::chrono::milliseconds startup_timeout,
+                  std::function<void(const worker_output_line&)> output_sink = {})
+      : owner_(::getpid()), output_sink_(std::move(output_sink)) {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
       throw pool_error(std::string("coshard: socketpair for the supervisor failed: ") + std::strerror(errno));
@@ -274,10 +276,39 @@ class supervisor_link {
     }
   }
 
+  // The datagram of lines after an `output` message, handed to the sink a
+  // line at a time.
+  void deliver_output(const supervisor_message& m) noexcept {
+    ssize_t n;
+    do {
+      n = ::recv(control_, output_buffer_.data(), output_buffer_.size(), 0);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0 || !output_sink_) return;
+    worker_output_line line;
+    line.slot = m.slot;
+    line.pid = m.pid;
+    line.stream = m.arg;
+    std::string_view lines(output_buffer_.data(), static_cast<std::size_t>(n));
+    while (!lines.empty()) {
+      const std::size_t nl = lines.find('\n');
+      line.text = lines.substr(0, nl);
+      lines.remove_prefix(nl == std::string_view::npos ? lines.size() : nl + 1);
+      try {
+        output_sink_(line);
+      } catch (...) {
+        // Documented: what the sink throws is dropped.
+      }
+    }
+  }
+
   void read_reports() noexcept {
     supervisor_message m;
     int fd = -1;
     while (receive_message(control_, m, fd)) {
+      if (m.op == supervisor_op::output) {
+        deliver_output(m);
+        continue;
+      }
       std::shared_ptr<oneshot<spawn_result>> spawn;
       std::shared_ptr<oneshot<int>> exit;
       {
@@ -323,6 +354,8 @@ class supervisor_link {
   pid_t pid_ = -1;
   int control_ = -1;
   int pidfd_ = -1;
+  std::function<void(const worker_output_line&)> output_sink_;
+  std::vector<char> output_buffer_ = std::vector<char>(max_output_datagram);
   std::thread reader_;
   std::mutex mutex_;
   bool alive_ = true;

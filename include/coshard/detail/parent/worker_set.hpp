@@ -131,8 +131,8 @@ class worker_set {
         pages_(slots_.size()),
         settings_([this](std::uint32_t slot) { return settings(slot); }),
         link_(opts_.start == start_method::exec ? exec_supervisor(opts_, slots_.size(), pages_.fd())
-                                                : fork_supervisor(settings_),
-              opts_.startup_timeout) {
+                                                : fork_supervisor(settings_, output_route_of(opts_)),
+              opts_.startup_timeout, opts_.worker_output) {
     for (std::size_t i = 0; i < slots_.size(); ++i) slots_[i].status = pages_.at(i);
     try {
       bring_up_all_blocking();

@@ -2,7 +2,6 @@
 // and its supervisor process (one SOCK_SEQPACKET socket), and the pidfd calls
 // both sides use.
 #pragma once
-#pragma once
 
 #include <fcntl.h>
 #include <poll.h>
@@ -26,6 +25,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <thread>
 #include <vector>
@@ -61,7 +61,21 @@ enum class supervisor_op : std::uint32_t {
   exited = 12,        // worker `pid` was reaped; `arg` is its wait status
   hello = 13,         // the supervisor is ready to serve (its first message)
   start_failed = 14,  // it cannot serve; one text datagram saying why follows
+  output = 15,        // worker `pid` in `slot` wrote lines to stream `arg` (1, 2); one datagram of them follows
 };
+
+/// Where workers' output goes.
+enum class output_route : std::uint32_t {
+  inherit = 0,          // the caller's own descriptors, untouched
+  prefixed_stderr = 1,  // the supervisor writes "[worker S pid P] line" to its stderr (the caller's)
+  owner = 2,            // the supervisor sends lines to the owner, whose link calls the user's sink
+};
+
+/// A line is passed on at this length even without its newline, so that a
+/// worker writing no newline cannot make the supervisor hold unbounded memory.
+inline constexpr std::size_t max_output_line = 32 * 1024;
+/// Lines travel to the owner in datagrams of at most this size.
+inline constexpr std::size_t max_output_datagram = 64 * 1024;
 
 struct supervisor_message {
   supervisor_op op{};
@@ -122,6 +136,16 @@ inline bool receive_message(int fd, supervisor_message& m, int& got_fd) noexcept
 inline void send_text(int fd, const std::string& text) noexcept {
   const std::size_t n = std::min<std::size_t>(text.size(), 4000);
   while (::send(fd, text.data(), n, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+  }
+}
+
+/// Sends an `output` message and its datagram of lines (each ending in
+/// '\n', at most max_output_datagram bytes). Blocks until the owner has room.
+inline bool send_output(int fd, std::uint32_t slot, pid_t pid, int stream, std::string_view lines) noexcept {
+  if (!send_message(fd, {supervisor_op::output, slot, lines.size(), pid, stream})) return false;
+  for (;;) {
+    if (::send(fd, lines.data(), lines.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(lines.size())) return true;
+    if (errno != EINTR) return false;
   }
 }
 

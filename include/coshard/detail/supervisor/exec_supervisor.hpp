@@ -37,7 +37,7 @@ namespace coshard::detail {
 /// argv[1] of a re-executed supervisor; argv[2] is the owner's pid, argv[3]
 /// the protocol version.
 inline constexpr const char* exec_supervisor_flag = "--coshard-supervisor";
-inline constexpr const char* exec_protocol_version = "1";
+inline constexpr const char* exec_protocol_version = "2";
 /// Set (to the owner's pid) only in the environment of a re-executed
 /// supervisor, and removed by serve_if_worker: a program that runs without
 /// serving (main did not call it) must not start pools of its own, which
@@ -60,6 +60,7 @@ struct exec_settings {
   std::uint64_t initializer_size = 0;
   std::uint64_t async_initializer_id = 0;
   std::uint64_t async_initializer_size = 0;
+  std::uint64_t output_route = 0;
 };
 
 inline std::string encode_exec_config(const pool_options& o, std::size_t slots) {
@@ -75,6 +76,7 @@ inline std::string encode_exec_config(const pool_options& o, std::size_t slots) 
   h.initializer_size = init.size();
   h.async_initializer_id = o.async_initializer ? shippable_access::id(o.async_initializer) : 0;
   h.async_initializer_size = async_init.size();
+  h.output_route = static_cast<std::uint64_t>(output_route_of(o));
   std::string out(reinterpret_cast<const char*>(&h), sizeof h);
   return out + init + async_init;
 }
@@ -196,6 +198,7 @@ struct exec_inputs {
   worker_status* pages = nullptr;
   coshard::shippable_function<void()> initializer;
   coshard::shippable_function<asio::awaitable<void>()> async_initializer;
+  output_route output = output_route::inherit;
 };
 
 inline exec_inputs read_exec_inputs() {
@@ -215,6 +218,8 @@ inline exec_inputs read_exec_inputs() {
   if (config.size() != sizeof h + h.initializer_size + h.async_initializer_size)
     throw pool_error("coshard: the supervisor's settings have the wrong size");
   if (h.slots == 0 || h.slots > 4096) throw pool_error("coshard: the supervisor's settings name no valid slot count");
+  if (h.output_route > static_cast<std::uint64_t>(output_route::owner))
+    throw pool_error("coshard: the supervisor's settings name no valid output route");
 
   exec_inputs in;
   in.slots = static_cast<std::size_t>(h.slots);
@@ -233,6 +238,7 @@ inline exec_inputs read_exec_inputs() {
   if (h.async_initializer_id != 0)
     in.async_initializer = shippable_access::rebuild<asio::awaitable<void>>(
         h.async_initializer_id, config.substr(async_at, h.async_initializer_size));
+  in.output = static_cast<output_route>(h.output_route);
   in.base.concurrency = static_cast<std::size_t>(h.concurrency);
   in.base.max_frame_bytes = h.max_frame_bytes;
   in.base.timeout_grace = std::chrono::nanoseconds(h.timeout_grace_ns);
@@ -274,7 +280,7 @@ inline exec_inputs read_exec_inputs() {
       s.status = slot < in.slots ? in.pages + slot : nullptr;
       return s;
     };
-    supervisor_process(exec_control_fd, owner, settings).run();
+    supervisor_process(exec_control_fd, owner, settings, in.output).run();
   } catch (const std::exception& e) {
     send_message(exec_control_fd, {supervisor_op::start_failed, 0, 0, ::getpid(), 0});
     send_text(exec_control_fd, e.what());

@@ -12,6 +12,7 @@
 #pragma once
 
 #include "coshard/detail/supervisor/control.hpp"
+#include "coshard/detail/supervisor/output_relay.hpp"
 
 namespace coshard::detail {
 
@@ -21,8 +22,8 @@ namespace coshard::detail {
 
 class supervisor_process {
  public:
-  supervisor_process(int control, pid_t owner, const worker_settings_factory& settings)
-      : control_(control), owner_(owner), settings_(settings) {}
+  supervisor_process(int control, pid_t owner, const worker_settings_factory& settings, output_route output)
+      : control_(control), owner_(owner), settings_(settings), output_(output, control) {}
 
   [[noreturn]] void run() noexcept {
     // The owner's death (SIGKILL included, whichever of its threads built the
@@ -36,6 +37,9 @@ class supervisor_process {
     // are still blocked from the fork until the reset.)
     ::setpgid(0, 0);
     reset_signal_handling();
+    // Workers' lines go to stderr, which may be a pipe whose reader is gone:
+    // that must drop the lines, not kill the supervisor and every worker.
+    ::signal(SIGPIPE, SIG_IGN);
     ::prctl(PR_SET_NAME, "coshard-sup");
     sigset_t chld;
     sigemptyset(&chld);
@@ -48,23 +52,26 @@ class supervisor_process {
       ::_exit(supervisor_failed_exit_code);
     }
     report({supervisor_op::hello, 0, 0, ::getpid(), 0});
+    std::vector<pollfd> fds;
     for (;;) {
-      pollfd fds[3] = {{control_, control_open_ ? short(POLLIN) : short(0), 0},
-                       {owner_pidfd_, POLLIN, 0},
-                       {sigchld_, POLLIN, 0}};
+      fds.assign({{control_, control_open_ ? short(POLLIN) : short(0), 0},
+                  {owner_pidfd_, POLLIN, 0},
+                  {sigchld_, POLLIN, 0}});
+      output_.add_poll_fds(fds);
       int timeout = -1;
       if (exiting_) {
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
             deadline_ - std::chrono::steady_clock::now());
         timeout = static_cast<int>(std::max<long long>(0, left.count()));
       }
-      const int r = ::poll(fds, 3, timeout);
+      const int r = ::poll(fds.data(), fds.size(), timeout);
       if (r < 0 && errno != EINTR) terminate_all_and_exit();
+      if (r > 0) serve_output(fds.data() + 3, fds.size() - 3);
       if (fds[2].revents) reap();
       if (fds[1].revents) terminate_all_and_exit();  // the owner is gone
       if (fds[0].revents) serve_control();
       if (exiting_) {
-        if (children_.empty()) ::_exit(0);
+        if (children_.empty()) exit_cleanly();
         if (std::chrono::steady_clock::now() >= deadline_) terminate_all_and_exit();
       }
     }
@@ -111,9 +118,16 @@ class supervisor_process {
   }
 
   void spawn(const supervisor_message& m) noexcept {
+    worker_pipes pipes;
+    if (!output_.make_pipes(pipes)) {
+      report({supervisor_op::spawn_failed, m.slot, m.id, 0, errno});
+      return;
+    }
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-      report({supervisor_op::spawn_failed, m.slot, m.id, 0, errno});
+      const int err = errno;
+      output_relay::discard(pipes);
+      report({supervisor_op::spawn_failed, m.slot, m.id, 0, err});
       return;
     }
     size_channel_buffers(sv[0]);
@@ -125,14 +139,22 @@ class supervisor_process {
       const int err = errno;
       ::close(sv[0]);
       ::close(sv[1]);
+      output_relay::discard(pipes);
       report({supervisor_op::spawn_failed, m.slot, m.id, 0, err});
       return;
     }
     if (pid == 0) {
+      output_.become_worker_side(pipes);
+      ::signal(SIGPIPE, SIG_DFL);
       close_descriptors_except({sv[1]});
       worker_main(sv[1], self, settings_(m.slot));
     }
     ::close(sv[1]);
+    try {
+      output_.adopt(pipes, pid, m.slot);
+    } catch (...) {
+      output_relay::discard(pipes);  // out of memory: this worker's output is lost, not the worker
+    }
     children_[pid] = m.slot;
     report({supervisor_op::spawned, m.slot, m.id, pid, 0}, sv[0]);
     ::close(sv[0]);
@@ -166,9 +188,23 @@ class supervisor_process {
     if (control_open_ && !send_message(control_, m, fd)) control_open_ = false;
   }
 
+  void serve_output(const pollfd* fds, std::size_t n) noexcept {
+    try {
+      output_.serve(fds, n);
+    } catch (...) {
+      // Out of memory while buffering a line: what was read is dropped.
+    }
+  }
+
   [[noreturn]] void terminate_all_and_exit() noexcept {
     for (auto& [pid, slot] : children_) ::kill(pid, SIGKILL);
     reap_children(/*wait=*/true);
+    exit_cleanly();
+  }
+
+  // Every worker has been reaped: their last lines are in the pipes.
+  [[noreturn]] void exit_cleanly() noexcept {
+    output_.drain();
     ::_exit(0);
   }
 
@@ -181,6 +217,7 @@ class supervisor_process {
   bool exiting_ = false;
   std::chrono::steady_clock::time_point deadline_{};
   std::map<pid_t, std::uint32_t> children_;
+  output_relay output_;
 };
 
 }  // namespace coshard::detail

@@ -274,8 +274,10 @@ class task_runner final : public job_runner {
             b->out[i].emplace(std::move(r));
         } catch (...) {
           item_failure f{failure_kind::threw, index, describe_current_exception()};
-          if (ls->timed_out)
+          if (ls->timed_out) {
             f = {failure_kind::timed_out, index, {"coshard::timeout_error", "item timed out"}};
+            ctx_.count_timeout();
+          }
           else if (cancelled_)
             f = {failure_kind::cancelled, index, {"coshard::cancelled", "job cancelled"}};
           record_failure(*b, i, std::move(f));

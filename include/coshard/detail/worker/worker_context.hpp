@@ -74,6 +74,8 @@ class worker_context {
   virtual byte_buffer take_buffer() = 0;
   /// Queues a reply frame; never blocks and never waits for the parent.
   virtual void send(const frame_header& h, byte_buffer payload) = 0;
+  /// Counts an item cancelled at item_timeout (pool_stats::timeouts).
+  virtual void count_timeout() noexcept = 0;
 };
 
 class job_runner : public std::enable_shared_from_this<job_runner> {

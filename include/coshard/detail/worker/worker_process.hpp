@@ -88,6 +88,9 @@ class worker_process final : public worker_context {
   [[nodiscard]] std::chrono::nanoseconds item_timeout() const override { return job_item_timeout_; }
   [[nodiscard]] std::uint64_t max_frame_bytes() const override { return settings_.max_frame_bytes; }
   item_watch& watch() override { return watch_; }
+  void count_timeout() noexcept override {
+    if (settings_.status) settings_.status->items_timed_out.fetch_add(1, std::memory_order_relaxed);
+  }
 
   byte_buffer take_buffer() override { return spare_.take(); }
 
