@@ -25,10 +25,10 @@
 namespace crawler {
 
 struct html_summary {
-  bool ok = false;                  // false: libxml2 could not create a parser
-  std::string title;                // whitespace collapsed, entities decoded, UTF-8
-  std::string base_href;            // <base href>, if any: links resolve against it
-  std::vector<std::string> hrefs;   // raw href values of <a>, in document order
+  bool ok = false;                 // false: libxml2 could not create a parser
+  std::string title;               // whitespace collapsed, entities decoded, UTF-8
+  std::string base_href;           // <base href>, if any: links resolve against it
+  std::vector<std::string> hrefs;  // raw href values of <a>, in document order
   std::uint64_t words = 0;
 };
 
@@ -60,10 +60,10 @@ inline element_kind kind_of(std::string_view tag) {
   static constexpr std::string_view hidden_tags[] = {"script", "style", "noscript", "template"};
   // Inline elements do not separate words ("foo<b>bar</b>" is one word, as in
   // BeautifulSoup's get_text()); every other element does.
-  static constexpr std::string_view inline_tags[] = {
-      "abbr", "b",     "bdi", "bdo",  "cite", "code", "data", "dfn",  "em",     "i",
-      "kbd",  "mark",  "q",   "s",    "samp", "small", "span", "strong", "sub", "sup",
-      "time", "u",     "var", "font", "tt",   "big",  "strike", "label"};
+  static constexpr std::string_view inline_tags[] = {"abbr", "b",     "bdi",  "bdo",    "cite", "code",   "data",
+                                                     "dfn",  "em",    "i",    "kbd",    "mark", "q",      "s",
+                                                     "samp", "small", "span", "strong", "sub",  "sup",    "time",
+                                                     "u",    "var",   "font", "tt",     "big",  "strike", "label"};
   if (tag == "a") return element_kind::a;
   if (tag == "title") return element_kind::title;
   if (tag == "base") return element_kind::base;
