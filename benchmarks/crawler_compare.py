@@ -212,10 +212,11 @@ def main() -> int:
     for name, _ in contenders:
         if name == "python":
             continue
-        per_pair = {k: [p[k] / c[k] for c, p in zip(runs[name], runs["python"])] for k in ("crawl_s", "wall_s", "cpu_s")}
+        per_pair = {k: [p[k] / c[k] for c, p in zip(runs[name], runs["python"])]
+                    for k in ("crawl_s", "wall_s", "cpu_s")}
         ratios[name] = {k: statistics.median(v) for k, v in per_pair.items()}
         print(f"  python / {name}: crawl time {ratios[name]['crawl_s']:.1f}x, wall {ratios[name]['wall_s']:.1f}x, "
-              f"cpu {ratios[name]['cpu_s']:.1f}x  (medians of per-round ratios: "
+              f"cpu {ratios[name]['cpu_s']:.1f}x  (medians of the per-round ratios; time per round: "
               + ", ".join(f"{x:.1f}" for x in per_pair["crawl_s"]) + ")")
     if args.baseline:
         per_pair = [b["crawl_s"] / c["crawl_s"] for c, b in zip(runs["coshard"], runs["baseline"])]
