@@ -18,10 +18,10 @@ packages=(
   # examples
   libcli11-dev         # command lines of the examples
   libhttp-parser-dev   # crawler: HTTP responses
-  libgumbo-dev         # crawler: HTML
+  libxml2-dev          # crawler: HTML, parsed in streaming SAX mode as the body arrives (no DOM)
   zlib1g-dev           # ngram_count: .gz input
   wamerican            # ngram_count: words for the generator
-  pkg-config           # finds gumbo; the pkg-config package test
+  pkg-config           # the pkg-config package test
   gzip                 # ngram_count smoke test
   doxygen              # the API reference (ctest docs_reference)
 )

@@ -3,12 +3,15 @@
 # side by side with the Python pattern: benchmarks/compare.py prints every
 # target of docs/BENCHMARKS.md with its ratio and writes the JSON and a
 # summary.md into the results directory; benchmarks/plot.py draws the PNGs.
+# Then scripts/compare-crawler.sh runs the crawler against the Python
+# crawler on nginx (writes crawler.json there too).
 #
 #   scripts/run-benchmarks.sh [RESULTS_DIR [PLOT_DIR]]     (defaults: results, results/img)
 #
 # Extra arguments for compare.py can be given in COMPARE_ARGS, e.g.
 #   COMPARE_ARGS="--repetitions 5" scripts/run-benchmarks.sh
-# Takes about 6 minutes on 2 cores (the Python ngram run alone is ~30 s).
+# Takes about 8 minutes on 2 cores (the Python ngram run alone is ~30 s, the
+# crawler comparison about 2 minutes).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -32,3 +35,5 @@ fi
 /usr/bin/python3 benchmarks/compare.py --build-dir build-release --out "$results" \
   --ngram-file "$ngram_file" ${COMPARE_ARGS:-}
 /usr/bin/python3 benchmarks/plot.py "$results" --out "$plots"
+
+./scripts/compare-crawler.sh "$results"

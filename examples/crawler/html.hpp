@@ -1,13 +1,22 @@
-// crawler/html.hpp - what the crawler takes from a page, via gumbo (an HTML5
-// parser: it accepts any input, as browsers and BeautifulSoup do): the
-// <title>, the href of every <a>, an optional <base href>, and a word count
-// of the visible text.
+// crawler/html.hpp - what the crawler takes from a page, via libxml2's HTML
+// parser in push (streaming) SAX mode: the <title>, the href of every <a>, an
+// optional <base href>, and a word count of the visible text.
+//
+// Why SAX and push: building a DOM per page (as gumbo or BeautifulSoup do)
+// was most of the crawler's CPU time, and none of the tree is needed. The
+// parser is fed each piece of the body as it comes off the socket, so a page
+// is parsed while the rest of it is still in flight and is never held whole.
+// With HTML_PARSE_RECOVER libxml2 accepts any input, as browsers do.
 #pragma once
 
-#include <gumbo.h>
+#include <libxml/HTMLparser.h>
+#include <libxml/encoding.h>
+#include <libxml/parserInternals.h>
 
+#include <algorithm>
+#include <climits>
 #include <cstdint>
-#include <memory>
+#include <cstring>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -16,39 +25,16 @@
 namespace crawler {
 
 struct html_summary {
-  bool ok = false;                  // false: gumbo produced no document
-  std::string title;                // whitespace collapsed, entities decoded
-  std::string base_href;            // <base href>, if any: links resolve against it
-  std::vector<std::string> hrefs;   // raw href values of <a>, in document order
+  bool ok = false;                 // false: libxml2 could not create a parser
+  std::string title;               // whitespace collapsed, entities decoded, UTF-8
+  std::string base_href;           // <base href>, if any: links resolve against it
+  std::vector<std::string> hrefs;  // raw href values of <a>, in document order
   std::uint64_t words = 0;
 };
 
 namespace detail {
 
 inline bool is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f'; }
-
-// Text that is never shown: scripts, styles, templates (and the title, which
-// is reported separately).
-inline bool hidden(GumboTag tag) {
-  return tag == GUMBO_TAG_SCRIPT || tag == GUMBO_TAG_STYLE || tag == GUMBO_TAG_NOSCRIPT ||
-         tag == GUMBO_TAG_TEMPLATE || tag == GUMBO_TAG_TITLE;
-}
-
-// Inline elements do not separate words ("foo<b>bar</b>" is one word, as in
-// BeautifulSoup's get_text()); every other element does.
-inline bool inline_element(GumboTag tag) {
-  switch (tag) {
-    case GUMBO_TAG_A: case GUMBO_TAG_ABBR: case GUMBO_TAG_B: case GUMBO_TAG_BDI: case GUMBO_TAG_BDO:
-    case GUMBO_TAG_CITE: case GUMBO_TAG_CODE: case GUMBO_TAG_DATA: case GUMBO_TAG_DFN: case GUMBO_TAG_EM:
-    case GUMBO_TAG_I: case GUMBO_TAG_KBD: case GUMBO_TAG_MARK: case GUMBO_TAG_Q: case GUMBO_TAG_S:
-    case GUMBO_TAG_SAMP: case GUMBO_TAG_SMALL: case GUMBO_TAG_SPAN: case GUMBO_TAG_STRONG:
-    case GUMBO_TAG_SUB: case GUMBO_TAG_SUP: case GUMBO_TAG_TIME: case GUMBO_TAG_U: case GUMBO_TAG_VAR:
-    case GUMBO_TAG_FONT: case GUMBO_TAG_TT: case GUMBO_TAG_BIG: case GUMBO_TAG_STRIKE: case GUMBO_TAG_LABEL:
-      return true;
-    default:
-      return false;
-  }
-}
 
 inline std::string collapse_whitespace(std::string_view s) {
   std::string out;
@@ -65,66 +51,184 @@ inline std::string collapse_whitespace(std::string_view s) {
   return out;
 }
 
-inline std::string text_of(const GumboNode* node) {
-  std::string out;
-  const GumboVector& children = node->v.element.children;
-  for (unsigned i = 0; i < children.length; ++i) {
-    auto* child = static_cast<const GumboNode*>(children.data[i]);
-    if (child->type == GUMBO_NODE_TEXT || child->type == GUMBO_NODE_WHITESPACE) out += child->v.text.text;
-  }
-  return out;
+// What an element means to the summary. libxml2 reports tag names in lower case.
+enum class element_kind { block, inline_text, hidden, title, a, base };
+
+inline element_kind kind_of(std::string_view tag) {
+  // Text that is never shown: scripts, styles, templates. (The title is
+  // hidden too, but reported separately.)
+  static constexpr std::string_view hidden_tags[] = {"script", "style", "noscript", "template"};
+  // Inline elements do not separate words ("foo<b>bar</b>" is one word, as in
+  // BeautifulSoup's get_text()); every other element does.
+  static constexpr std::string_view inline_tags[] = {"abbr", "b",     "bdi",  "bdo",    "cite", "code",   "data",
+                                                     "dfn",  "em",    "i",    "kbd",    "mark", "q",      "s",
+                                                     "samp", "small", "span", "strong", "sub",  "sup",    "time",
+                                                     "u",    "var",   "font", "tt",     "big",  "strike", "label"};
+  if (tag == "a") return element_kind::a;
+  if (tag == "title") return element_kind::title;
+  if (tag == "base") return element_kind::base;
+  if (tag.size() > 8) return element_kind::block;  // longer than any name below
+  for (std::string_view t : inline_tags)
+    if (t == tag) return element_kind::inline_text;
+  for (std::string_view t : hidden_tags)
+    if (t == tag) return element_kind::hidden;
+  return element_kind::block;
 }
 
-struct gumbo_deleter {
-  void operator()(GumboOutput* out) const { gumbo_destroy_output(&kGumboDefaultOptions, out); }
-};
+inline std::string_view view(const xmlChar* s) { return s ? reinterpret_cast<const char*>(s) : std::string_view{}; }
+
+// The value of attribute `name` in libxml2's SAX1 list (name, value, name,
+// value, ..., null), or null.
+inline const xmlChar* attribute(const xmlChar** atts, std::string_view name) {
+  for (; atts && atts[0]; atts += 2)
+    if (view(atts[0]) == name) return atts[1] ? atts[1] : reinterpret_cast<const xmlChar*>("");
+  return nullptr;
+}
 
 }  // namespace detail
 
-/// Parses `html` and extracts the summary. Walks the tree with an explicit
-/// stack: deeply nested (or hostile) pages cannot overflow the coroutine's
-/// thread stack.
-inline html_summary summarize_html(std::string_view html) {
-  html_summary s;
-  std::unique_ptr<GumboOutput, detail::gumbo_deleter> doc(
-      gumbo_parse_with_options(&kGumboDefaultOptions, html.data(), html.size()));
-  if (!doc || !doc->root) return s;
-  s.ok = true;
-
-  bool in_word = false;
-  // (node, entered): a node is pushed once to enter it and once more to leave it.
-  std::vector<std::pair<const GumboNode*, bool>> stack{{doc->root, false}};
-  while (!stack.empty()) {
-    auto [node, leaving] = stack.back();
-    stack.pop_back();
-    if (node->type == GUMBO_NODE_TEXT || node->type == GUMBO_NODE_CDATA ||
-        node->type == GUMBO_NODE_WHITESPACE) {
-      for (unsigned char c : std::string_view(node->v.text.text)) {
-        const bool space = detail::is_space(c);
-        if (!space && !in_word) ++s.words;
-        in_word = !space;
-      }
-      continue;
-    }
-    if (node->type != GUMBO_NODE_ELEMENT && node->type != GUMBO_NODE_TEMPLATE) continue;
-    const GumboElement& el = node->v.element;
-    if (!detail::inline_element(el.tag)) in_word = false;
-    if (leaving) continue;
-
-    if (el.tag == GUMBO_TAG_TITLE && s.title.empty()) s.title = detail::collapse_whitespace(detail::text_of(node));
-    if (el.tag == GUMBO_TAG_A || (el.tag == GUMBO_TAG_BASE && s.base_href.empty())) {
-      if (const GumboAttribute* href = gumbo_get_attribute(&el.attributes, "href")) {
-        if (el.tag == GUMBO_TAG_A) s.hrefs.emplace_back(href->value);
-        else s.base_href = href->value;
+/// Incremental HTML summariser: feed() the body in pieces of any size, as
+/// they arrive, then finish(). Not copyable or movable: libxml2 holds a
+/// pointer to it for its callbacks.
+class html_stream {
+ public:
+  /// `charset` is the Content-Type header's charset, if there was one; it
+  /// then wins over a <meta charset> in the page (as in browsers). Without
+  /// it libxml2 takes the <meta> declaration, else UTF-8, falling back to
+  /// ISO-8859-1 if the bytes are not UTF-8. Either way the summary is UTF-8.
+  explicit html_stream(std::string_view charset = {}) {
+    xmlCharEncoding enc = XML_CHAR_ENCODING_NONE;
+    xmlCharEncodingHandlerPtr handler = nullptr;
+    const std::string name(charset);
+    if (!name.empty()) {
+      enc = xmlParseCharEncoding(name.c_str());
+      // Names outside libxml2's enum (e.g. windows-1252) go through iconv.
+      if (enc == XML_CHAR_ENCODING_ERROR) {
+        enc = XML_CHAR_ENCODING_NONE;
+        handler = xmlFindCharEncodingHandler(name.c_str());
       }
     }
-    if (detail::hidden(el.tag)) continue;
-
-    stack.emplace_back(node, true);
-    for (unsigned i = el.children.length; i-- > 0;)  // reversed: children pop in document order
-      stack.emplace_back(static_cast<const GumboNode*>(el.children.data[i]), false);
+    // The handler is only copied into the context; the API just lacks the const.
+    ctxt_ = htmlCreatePushParserCtxt(const_cast<htmlSAXHandler*>(&sax()), this, nullptr, 0, nullptr, enc);
+    if (!ctxt_) return;
+    int options = HTML_PARSE_RECOVER | HTML_PARSE_NOERROR | HTML_PARSE_NOWARNING | HTML_PARSE_NONET;
+    if (enc != XML_CHAR_ENCODING_NONE || handler) options |= HTML_PARSE_IGNORE_ENC;
+    htmlCtxtUseOptions(ctxt_, options);
+    if (handler) xmlSwitchToEncoding(ctxt_, handler);
+    summary_.ok = true;
   }
-  return s;
+
+  html_stream(const html_stream&) = delete;
+  html_stream& operator=(const html_stream&) = delete;
+
+  ~html_stream() {
+    if (ctxt_) htmlFreeParserCtxt(ctxt_);
+  }
+
+  /// Parses the next piece of the document; the callbacks run before it returns.
+  void feed(std::string_view chunk) {
+    if (!ctxt_ || finished_) return;
+    while (!chunk.empty()) {  // htmlParseChunk takes an int size
+      const auto n = static_cast<int>(std::min<std::size_t>(chunk.size(), INT_MAX));
+      htmlParseChunk(ctxt_, chunk.data(), n, 0);
+      chunk.remove_prefix(static_cast<std::size_t>(n));
+    }
+  }
+
+  /// Ends the document (flushing what libxml2 held back at the end of the
+  /// last piece) and returns the summary; call once.
+  html_summary finish() {
+    if (ctxt_ && !finished_) htmlParseChunk(ctxt_, nullptr, 0, 1);
+    finished_ = true;
+    if (in_title_) end_title();
+    return std::move(summary_);
+  }
+
+ private:
+  static const htmlSAXHandler& sax() {
+    static const htmlSAXHandler handler = [] {
+      htmlSAXHandler h{};  // everything else null: no tree, no error output
+      h.startElement = [](void* self, const xmlChar* name, const xmlChar** atts) {
+        static_cast<html_stream*>(self)->start(detail::view(name), atts);
+      };
+      h.endElement = [](void* self, const xmlChar* name) { static_cast<html_stream*>(self)->end(detail::view(name)); };
+      h.characters = [](void* self, const xmlChar* ch, int len) {
+        static_cast<html_stream*>(self)->text(std::string_view(reinterpret_cast<const char*>(ch), len));
+      };
+      // Whitespace between elements still ends a word.
+      h.ignorableWhitespace = h.characters;
+      // libxml2 hands the raw content of <script> and <style> here: never words.
+      h.cdataBlock = [](void*, const xmlChar*, int) {};
+      return h;
+    }();
+    return handler;
+  }
+
+  void start(std::string_view tag, const xmlChar** atts) {
+    using detail::element_kind;
+    const element_kind kind = detail::kind_of(tag);
+    if (kind != element_kind::inline_text && kind != element_kind::a) in_word_ = false;
+    switch (kind) {
+      case element_kind::a:
+        if (const xmlChar* href = detail::attribute(atts, "href")) summary_.hrefs.emplace_back(detail::view(href));
+        break;
+      case element_kind::base:
+        if (summary_.base_href.empty())
+          if (const xmlChar* href = detail::attribute(atts, "href")) summary_.base_href = detail::view(href);
+        break;
+      case element_kind::title:
+        ++hidden_depth_;
+        if (!title_done_) in_title_ = true;
+        break;
+      case element_kind::hidden:
+        ++hidden_depth_;
+        break;
+      default:
+        break;
+    }
+  }
+
+  void end(std::string_view tag) {
+    using detail::element_kind;
+    const element_kind kind = detail::kind_of(tag);
+    if (kind != element_kind::inline_text && kind != element_kind::a) in_word_ = false;
+    if (kind == element_kind::title || kind == element_kind::hidden) {
+      if (hidden_depth_ > 0) --hidden_depth_;
+      if (kind == element_kind::title && in_title_) end_title();
+    }
+  }
+
+  // The first <title> with any text is the page's title.
+  void end_title() {
+    in_title_ = false;
+    summary_.title = detail::collapse_whitespace(title_text_);
+    title_text_.clear();
+    title_done_ = !summary_.title.empty();
+  }
+
+  void text(std::string_view s) {
+    if (in_title_) title_text_ += s;
+    if (hidden_depth_ > 0) return;
+    // A word may straddle two calls (and two network reads): in_word_ carries over.
+    for (unsigned char c : s) {
+      const bool space = detail::is_space(c);
+      if (!space && !in_word_) ++summary_.words;
+      in_word_ = !space;
+    }
+  }
+
+  htmlParserCtxtPtr ctxt_ = nullptr;
+  html_summary summary_;
+  std::string title_text_;
+  unsigned hidden_depth_ = 0;
+  bool in_word_ = false, in_title_ = false, title_done_ = false, finished_ = false;
+};
+
+/// Parses a whole page at once (the same as one feed() and finish()).
+inline html_summary summarize_html(std::string_view html, std::string_view charset = {}) {
+  html_stream parser(charset);
+  parser.feed(html);
+  return parser.finish();
 }
 
 }  // namespace crawler

@@ -1,7 +1,8 @@
 // crawler/http_client.hpp - a small HTTP/1.1 GET client on Asio coroutines,
 // meant to run inside one coshard worker process: keep-alive connections in
 // a per-worker pool, responses parsed by libhttp-parser (status, headers,
-// Content-Length, chunked or close-delimited bodies), a per-request deadline.
+// Content-Length, chunked or close-delimited bodies), a per-request deadline,
+// and the body either kept whole or handed to a body_sink piece by piece.
 //
 // Failures are values, not exceptions: http_get() returns an http_response
 // whose error_kind says what went wrong. That keeps one bad page from failing
@@ -25,6 +26,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -36,13 +38,26 @@ struct http_response {
   int status = 0;               // 0: no response
   std::string content_type;
   std::string location;         // for redirects
-  std::string body;
+  std::string body;             // empty when a body_sink took the body
+  std::size_t body_bytes = 0;   // body bytes received, whoever took them
   std::string error_kind;       // empty on success: "connect", "io", "protocol", "timeout", "too_large"
   std::string error;            // human-readable detail
 };
 
 /// Bodies above this are refused (the crawl is of web pages, not downloads).
 inline constexpr std::size_t max_body_bytes = std::size_t{64} << 20;
+
+/// Takes a response's body piece by piece as it comes off the socket, so
+/// that it can be processed (parsed) while the rest is still in flight.
+class body_sink {
+ public:
+  virtual ~body_sink() = default;
+  /// Called once the status and headers are in: true to receive the body
+  /// through write() instead of in http_response::body.
+  virtual bool accept(const http_response& head) = 0;
+  /// The next piece of the (de-chunked) body.
+  virtual void write(std::string_view piece) = 0;
+};
 
 namespace detail {
 
@@ -100,6 +115,7 @@ inline connection_pool& worker_connections() {
 // libhttp-parser callbacks collect into this.
 struct parse_state {
   http_response* response = nullptr;
+  body_sink* sink = nullptr;    // non-null once it has accepted this body
   std::string field, value;
   bool in_value = false;
   bool complete = false;
@@ -139,15 +155,18 @@ inline const http_parser_settings& response_settings() {
       auto& st = state_of(p);
       st.commit_header();
       st.response->status = p->status_code;
+      if (st.sink && !st.sink->accept(*st.response)) st.sink = nullptr;
       return 0;
     };
     s.on_body = [](http_parser* p, const char* at, std::size_t n) {
       auto& st = state_of(p);
-      if (st.response->body.size() + n > max_body_bytes) {
+      if (st.response->body_bytes + n > max_body_bytes) {
         st.too_large = true;
         return 1;  // stops the parser
       }
-      st.response->body.append(at, n);
+      st.response->body_bytes += n;
+      if (st.sink) st.sink->write(std::string_view(at, n));
+      else st.response->body.append(at, n);
       return 0;
     };
     s.on_message_complete = [](http_parser* p) {
@@ -172,7 +191,7 @@ inline http_response failure(std::string kind, std::string message) {
 // One GET on one connection. `fresh_needed` is set when a reused keep-alive
 // connection turned out to be closed by the server before any byte of the
 // response arrived: the caller then retries once on a new connection.
-inline asio::awaitable<http_response> exchange(connection& c, const url& u, bool& keep_alive,
+inline asio::awaitable<http_response> exchange(connection& c, const url& u, body_sink* sink, bool& keep_alive,
                                                bool& fresh_needed) {
   const std::string request = "GET " + u.target + " HTTP/1.1\r\nHost: " + u.authority() +
                               "\r\nUser-Agent: coshard-crawler/0.1\r\nAccept: */*\r\n"
@@ -180,6 +199,7 @@ inline asio::awaitable<http_response> exchange(connection& c, const url& u, bool
   http_response r;
   parse_state st;
   st.response = &r;
+  st.sink = sink;
   http_parser parser;
   http_parser_init(&parser, HTTP_RESPONSE);
   parser.data = &st;
@@ -223,7 +243,7 @@ inline asio::awaitable<http_response> exchange(connection& c, const url& u, bool
 
 // GET without a deadline: takes an idle connection (or connects), runs the
 // exchange, and puts the connection back if it can carry another request.
-inline asio::awaitable<http_response> get_once(url u, std::size_t max_idle) {
+inline asio::awaitable<http_response> get_once(url u, std::size_t max_idle, body_sink* sink) {
   auto ex = co_await asio::this_coro::executor;
   auto& pool = worker_connections();
   const std::string key = u.authority();
@@ -250,7 +270,7 @@ inline asio::awaitable<http_response> get_once(url u, std::size_t max_idle) {
       c->socket.set_option(tcp::no_delay(true), ignored);  // requests are one small write
     }
     bool keep_alive = false, fresh_needed = false;
-    http_response r = co_await exchange(*c, u, keep_alive, fresh_needed);
+    http_response r = co_await exchange(*c, u, sink, keep_alive, fresh_needed);
     if (!r.error_kind.empty() && reused && fresh_needed) continue;  // stale keep-alive: retry once
     if (r.error_kind.empty() && keep_alive) pool.give_back(key, std::move(c), max_idle);
     co_return r;
@@ -262,12 +282,15 @@ inline asio::awaitable<http_response> get_once(url u, std::size_t max_idle) {
 
 /// GET `u` with a deadline. Never throws for network or protocol failures:
 /// they come back in error_kind. On timeout the request is cancelled, and
-/// its connection closed rather than reused (its state is unknown).
-inline asio::awaitable<http_response> http_get(url u, std::chrono::milliseconds timeout,
-                                               std::size_t max_idle) {
+/// its connection closed rather than reused (its state is unknown). If
+/// `sink` is given and accepts the response, the body goes to it as it
+/// arrives; a retry on a fresh connection happens only before any response
+/// byte, so the sink sees at most one body.
+inline asio::awaitable<http_response> http_get(url u, std::chrono::milliseconds timeout, std::size_t max_idle,
+                                               body_sink* sink = nullptr) {
   using namespace asio::experimental::awaitable_operators;
   asio::steady_timer deadline(co_await asio::this_coro::executor, timeout);
-  auto winner = co_await (detail::get_once(std::move(u), max_idle) ||
+  auto winner = co_await (detail::get_once(std::move(u), max_idle, sink) ||
                           deadline.async_wait(asio::use_awaitable));
   if (winner.index() == 1)
     co_return detail::failure("timeout", "no response within " + std::to_string(timeout.count()) + " ms");

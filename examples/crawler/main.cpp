@@ -4,8 +4,8 @@
 // The parent owns the frontier and the set of URLs already seen; each BFS
 // round is one pool.map_settled over the round's new URLs. In the workers,
 // every URL is a coroutine: an HTTP/1.1 GET over a per-worker keep-alive
-// connection pool, then gumbo parses the page (the CPU part that a single
-// event loop would serialise). With no --url the program serves a directory
+// connection pool, its body parsed by libxml2 as it arrives (the CPU part
+// that a single event loop would serialise). With no --url the program serves a directory
 // itself (the Python manual by default) and crawls that.
 //
 //   crawler                                  # crawl the embedded python3-doc site

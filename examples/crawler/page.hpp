@@ -1,12 +1,16 @@
 // crawler/page.hpp - the task a worker runs per URL: fetch, parse, summarise.
-// page_result is what crosses back to the parent (cereal-serialised).
+// An HTML body is parsed as it arrives (an html_stream behind the HTTP
+// client's body_sink). page_result is what crosses back to the parent
+// (cereal-serialised).
 #pragma once
 
 #include <coshard/coshard.hpp>
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_set>
 #include <vector>
 
@@ -48,6 +52,40 @@ inline bool is_html(const http_response& r) {
   return type.starts_with("text/html") || type.starts_with("application/xhtml");
 }
 
+/// The charset parameter of a Content-Type ("text/html; charset=UTF-8" ->
+/// "UTF-8"), or empty.
+inline std::string charset_of(std::string_view content_type) {
+  const std::string lowered = detail::lower(content_type);
+  auto at = lowered.find("charset=");
+  if (at == std::string::npos) return {};
+  std::string_view value = std::string_view(content_type).substr(at + 8);
+  value = value.substr(0, value.find(';'));
+  value = detail::trim(value);
+  if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
+  return std::string(value);
+}
+
+/// Parses the body of a successful HTML response while it downloads; other
+/// responses (redirects, errors, images) are left to the client.
+class html_body final : public body_sink {
+ public:
+  bool accept(const http_response& head) override {
+    if (head.status >= 300 || !is_html(head)) return false;
+    parser_.emplace(charset_of(head.content_type));
+    return true;
+  }
+  void write(std::string_view piece) override { parser_->feed(piece); }
+
+  /// The summary, if accept() took the body; call once, after the response.
+  std::optional<html_summary> finish() {
+    if (!parser_) return std::nullopt;
+    return parser_->finish();
+  }
+
+ private:
+  std::optional<html_stream> parser_;
+};
+
 /// Runs in a worker: GET `address`, and for an HTML page its title, links and
 /// word count. Every failure is reported in the result, none is thrown.
 inline asio::awaitable<page_result> fetch_page(std::string address, fetch_options opt) {
@@ -59,9 +97,10 @@ inline asio::awaitable<page_result> fetch_page(std::string address, fetch_option
     page.error = "not an http:// URL";
     co_return page;
   }
-  http_response r = co_await http_get(*u, std::chrono::milliseconds(opt.timeout_ms), opt.max_idle);
+  html_body parser;
+  http_response r = co_await http_get(*u, std::chrono::milliseconds(opt.timeout_ms), opt.max_idle, &parser);
   page.status = r.status;
-  page.bytes = r.body.size();
+  page.bytes = r.body_bytes;
   if (!r.error_kind.empty()) {
     page.error_kind = std::move(r.error_kind);
     page.error = std::move(r.error);
@@ -82,11 +121,11 @@ inline asio::awaitable<page_result> fetch_page(std::string address, fetch_option
   };
   if (r.status >= 300 && r.status < 400 && !r.location.empty()) {
     add_link(*u, r.location);  // a redirect is a link to follow
-  } else if (r.status < 300 && is_html(r)) {
-    const html_summary html = summarize_html(r.body);
+  } else if (std::optional<html_summary> parsed = parser.finish()) {
+    const html_summary& html = *parsed;
     if (!html.ok) {
       page.error_kind = "html";
-      page.error = "gumbo produced no document";
+      page.error = "libxml2 could not create an HTML parser";
       co_return page;
     }
     page.title = html.title;
