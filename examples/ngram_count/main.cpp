@@ -12,6 +12,7 @@
 //
 //   ngram_count                          generate /tmp/coshard-ngram-200mb.tsv if missing, count it
 //   ngram_count FILE_OR_DIR... [--verify] [--workers N] [--chunk-mb M] [--top K] [--word W]...
+//   ngram_count FILE_OR_DIR... --sequential   count in this process, each file in one pass, no pool
 //   ngram_count --text DIR_OR_FILE...    count words (lowercased letter runs) in ordinary text
 //   ngram_count --generate FILE --size-mb N [--seed S]
 //
@@ -34,6 +35,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -266,6 +268,7 @@ int main(int argc, char** argv) {
   std::size_t top = 10;
   std::vector<std::string> lookups{"Aardvark"};
   bool verify = false;
+  bool sequential = false;
   std::string generate_path;
   double size_mb = 200;
   std::uint64_t seed = 1;
@@ -282,6 +285,9 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->allow_extra_args(false);
   app.add_flag("--verify", verify, "also count sequentially in this process, compare and print the speedup");
+  app.add_flag("--sequential", sequential,
+               "count in this process instead, each plain file in one pass, with no pool: the baseline")
+      ->excludes("--verify");
   auto* gen = app.add_option("--generate", generate_path, "write a generated 1-gram file to this path and exit");
   app.add_option("--size-mb", size_mb, "size of the generated file")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--seed", seed, "seed of the generator")->capture_default_str();
@@ -310,6 +316,18 @@ int main(int argc, char** argv) {
     }
 
     const auto files = collect_files(inputs);
+    auto count_ngram = [](const chunk& c) { return count_ngram_chunk(c); };
+    auto count_text = [](const chunk& c) { return count_text_chunk(c); };
+    if (sequential) {  // one chunk per file: the simple count the pool is measured against
+      const auto whole_files = plan_chunks(files, std::numeric_limits<std::uint64_t>::max() / 2,
+                                           text_mode ? is_not_letter : is_newline);
+      std::printf("mode: %s\nworkers: 0\n", text_mode ? "text" : "ngram");
+      const auto t0 = std::chrono::steady_clock::now();
+      const word_counts result =
+          text_mode ? run_sequential(whole_files, count_text) : run_sequential(whole_files, count_ngram);
+      print_summary(result, files.size(), whole_files.size(), seconds_since(t0), top, lookups, text_mode);
+      return 0;
+    }
     const auto chunks = plan_chunks(files, std::max<std::uint64_t>(1, static_cast<std::uint64_t>(chunk_mb * 1024 * 1024)),
                                     text_mode ? is_not_letter : is_newline);
     // Every batch's partial map crosses to the parent, which decodes and
@@ -327,8 +345,6 @@ int main(int argc, char** argv) {
     std::printf("mode: %s\nworkers: %zu\n", text_mode ? "text" : "ngram", pool.size());
     std::fflush(stdout);  // before the progress line, when stdout is a file or pipe
 
-    auto count_ngram = [](const chunk& c) { return count_ngram_chunk(c); };
-    auto count_text = [](const chunk& c) { return count_text_chunk(c); };
     const bool progress = !text_mode && ::isatty(STDERR_FILENO);
     auto t0 = std::chrono::steady_clock::now();
     const word_counts result =
