@@ -61,7 +61,6 @@ using ngram::ngram_counter;
 using ngram::os_error;
 using ngram::plan_chunks;
 using ngram::word_counts;
-using ngram::word_map;
 
 bool is_letter(char c) { return static_cast<unsigned char>((c | 0x20) - 'a') < 26; }
 
@@ -85,10 +84,7 @@ void count_text_words(std::string_view text, word_counts& out) {
       word = lowered;
     }
     ++out.total;
-    if (auto it = out.words.find(word); it != out.words.end())
-      ++it->second;
-    else
-      out.words.emplace(std::string(word), 1);
+    out.words.add(word, 1);
   }
 }
 
@@ -135,6 +131,7 @@ word_counts count_ngram_chunk(const chunk& c) {
   word_counts out;
   ngram_counter counter(out);
   out.bytes = for_each_gz_block(c.path, is_newline, [&](std::string_view t) { counter.add_text(t); });
+  counter.finish();
   return out;
 }
 
@@ -235,22 +232,22 @@ void print_summary(const word_counts& result, std::size_t files, std::size_t chu
   if (!text_mode) std::printf("bad_lines: %llu\n", static_cast<unsigned long long>(result.bad_lines));
 
   // Top K by count, ties by word, so the listing is the same on every run.
-  std::vector<const word_map::value_type*> entries;
+  std::vector<std::pair<std::string_view, std::uint64_t>> entries;
   entries.reserve(result.words.size());
-  for (const auto& e : result.words) entries.push_back(&e);
+  result.words.for_each([&](std::string_view word, std::uint64_t count) { entries.emplace_back(word, count); });
   const auto k = std::min(top, entries.size());
   std::partial_sort(entries.begin(), entries.begin() + static_cast<std::ptrdiff_t>(k), entries.end(),
-                    [](auto* x, auto* y) { return x->second != y->second ? x->second > y->second : x->first < y->first; });
+                    [](const auto& x, const auto& y) {
+                      return x.second != y.second ? x.second > y.second : x.first < y.first;
+                    });
   for (std::size_t i = 0; i < k; ++i)
-    std::printf("top %zu: %s %llu\n", i + 1, entries[i]->first.c_str(),
-                static_cast<unsigned long long>(entries[i]->second));
+    std::printf("top %zu: %.*s %llu\n", i + 1, static_cast<int>(entries[i].first.size()), entries[i].first.data(),
+                static_cast<unsigned long long>(entries[i].second));
 
   for (auto word : lookups) {
     if (text_mode)  // --text counts lowercased words
       std::transform(word.begin(), word.end(), word.begin(), [](char c) { return is_letter(c) ? c | 0x20 : c; });
-    const auto it = result.words.find(word);
-    std::printf("word: %s %llu\n", word.c_str(),
-                static_cast<unsigned long long>(it == result.words.end() ? 0 : it->second));
+    std::printf("word: %s %llu\n", word.c_str(), static_cast<unsigned long long>(result.words.count_of(word)));
   }
 }
 

@@ -1,0 +1,193 @@
+// word_table.hpp - ngram_count's word -> count hash table: flat, and sent
+// between processes as its own memory.
+//
+// Why not std::unordered_map: a profile of `ngram_count --workers 1` on a
+// 100 MB generated file showed the parent spending more CPU on partial maps
+// than the worker spent counting words into them. Each partial was written
+// entry by entry (cereal), decoded into freshly allocated strings, and
+// inserted node by node into the parent's map, a cache miss or three per
+// word while the worker streamed the file through the same cache. This table
+// keeps all words' bytes in one array and the entries (with their hashes) in
+// another, so that sending it is two memcpys, a received one is ready to use
+// as it arrives, and merging needs no rehashing of words.
+#pragma once
+
+#include <cereal/cereal.hpp>
+
+#include <algorithm>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace ngram {
+
+/// A hash table from words to 64-bit counts: open addressing with linear
+/// probing; words are only added, never removed.
+class word_table {
+ public:
+  /// Adds `count` to the count of `word`, inserting it first if absent.
+  void add(std::string_view word, std::uint64_t count) { add_hashed(word, hash_of(word), count); }
+
+  /// The count of `word`; nullptr if absent.
+  [[nodiscard]] const std::uint64_t* find(std::string_view word) const {
+    if (slots_.empty()) return nullptr;
+    const slot& s = probe(word, hash_of(word));
+    return s.key == empty_key ? nullptr : &s.count;
+  }
+
+  /// The count of `word`, 0 if absent.
+  [[nodiscard]] std::uint64_t count_of(std::string_view word) const {
+    const std::uint64_t* c = find(word);
+    return c ? *c : 0;
+  }
+
+  /// How many distinct words.
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
+  [[nodiscard]] bool empty() const noexcept { return size_ == 0; }
+
+  /// Calls `f(word, count)` for every entry, in no particular order.
+  template <class F>
+  void for_each(F&& f) const {
+    for (const slot& s : slots_)
+      if (s.key != empty_key) f(word_of(s.key), s.count);
+  }
+
+  /// Adds every entry of `other` to this table. The stored hashes are reused.
+  void add_all(const word_table& other) {
+    reserve(size_ + other.size_);  // an upper bound: one growth at most
+    for (const slot& s : other.slots_)
+      if (s.key != empty_key) add_hashed(other.word_of(s.key), s.hash, s.count);
+  }
+
+  /// Makes room for `n` words without growing.
+  void reserve(std::size_t n) {
+    if (n * max_load_den > slots_.size() * max_load_num) rehash(capacity_for(n));
+  }
+
+  friend void swap(word_table& a, word_table& b) noexcept {
+    a.slots_.swap(b.slots_);
+    a.bytes_.swap(b.bytes_);
+    std::swap(a.size_, b.size_);
+  }
+
+  /// Same words with the same counts (however they were inserted).
+  friend bool operator==(const word_table& a, const word_table& b) {
+    if (a.size_ != b.size_) return false;
+    for (const slot& s : a.slots_)
+      if (s.key != empty_key) {
+        const std::uint64_t* c = b.find(a.word_of(s.key));
+        if (!c || *c != s.count) return false;
+      }
+    return true;
+  }
+
+  /// Writes the entries (hash, count, where the word is) as they are in
+  /// memory, without the free slots between them, then the word bytes.
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(cereal::make_size_tag(static_cast<cereal::size_type>(size_)));
+    for (const slot& s : slots_)  // straight into the archive: no compacted copy to fault in first
+      if (s.key != empty_key) ar(cereal::binary_data(&s, sizeof s));
+    ar(cereal::make_size_tag(static_cast<cereal::size_type>(bytes_.size())));
+    ar(cereal::binary_data(bytes_.data(), bytes_.size()));
+  }
+
+  /// Reads what save wrote, putting each entry in its slot by its stored
+  /// hash. Every entry is checked to lie within the word bytes, so that a
+  /// corrupt payload cannot make a lookup read out of bounds.
+  template <class Archive>
+  void load(Archive& ar) {
+    cereal::size_type size = 0, bytes = 0;
+    ar(cereal::make_size_tag(size));  // coshard's archive checks counts against the bytes left
+    slots_.clear();
+    size_ = 0;
+    rehash(capacity_for(static_cast<std::size_t>(size)));
+    const std::size_t mask = slots_.size() - 1;
+    for (cereal::size_type n = 0; n < size; ++n) {
+      slot s;
+      ar(cereal::binary_data(&s, sizeof s));
+      if (s.key == empty_key) throw std::runtime_error("corrupt word table: an empty entry");
+      std::size_t i = s.hash & mask;  // a table holds each word once: no need to compare
+      while (slots_[i].key != empty_key) i = (i + 1) & mask;
+      slots_[i] = s;
+    }
+    size_ = static_cast<std::size_t>(size);
+    ar(cereal::make_size_tag(bytes));
+    bytes_.resize(static_cast<std::size_t>(bytes));
+    ar(cereal::binary_data(bytes_.data(), bytes_.size()));
+    for (const slot& s : slots_)
+      if (s.key != empty_key && (s.key >> length_bits) + (s.key & max_length) > bytes_.size())
+        throw std::runtime_error("corrupt word table: a word lies outside its bytes");
+  }
+
+ private:
+  // key: the word's offset in bytes_ (upper 40 bits) and length (lower 24).
+  struct slot {
+    std::uint64_t hash;
+    std::uint64_t count;
+    std::uint64_t key;
+  };
+  static constexpr unsigned length_bits = 24;
+  static constexpr std::uint64_t max_length = (std::uint64_t{1} << length_bits) - 1;
+  static constexpr std::uint64_t empty_key = ~std::uint64_t{0};  // an offset no table reaches
+  // Grow past 70% full: linear probing slows down quickly above that.
+  static constexpr std::size_t max_load_num = 7, max_load_den = 10;
+
+  static std::uint64_t hash_of(std::string_view word) { return std::hash<std::string_view>{}(word); }
+
+  static std::size_t capacity_for(std::size_t n) {
+    return std::bit_ceil(std::max<std::size_t>(16, n * max_load_den / max_load_num + 1));
+  }
+
+  [[nodiscard]] std::string_view word_of(std::uint64_t key) const {
+    return {bytes_.data() + (key >> length_bits), static_cast<std::size_t>(key & max_length)};
+  }
+
+  // The slot holding `word`, or the empty slot where it would go.
+  // Requires a non-empty table with at least one free slot.
+  [[nodiscard]] const slot& probe(std::string_view word, std::uint64_t hash) const {
+    const std::size_t mask = slots_.size() - 1;
+    for (std::size_t i = hash & mask;; i = (i + 1) & mask) {
+      const slot& s = slots_[i];
+      if (s.key == empty_key || (s.hash == hash && word_of(s.key) == word)) return s;
+    }
+  }
+
+  void add_hashed(std::string_view word, std::uint64_t hash, std::uint64_t count) {
+    if ((size_ + 1) * max_load_den > slots_.size() * max_load_num) rehash(capacity_for(size_ + 1));
+    slot& s = const_cast<slot&>(probe(word, hash));
+    if (s.key != empty_key) {
+      s.count += count;
+      return;
+    }
+    if (word.size() > max_length) throw std::length_error("word_table: a word of 16 MiB or more");
+    if (bytes_.size() >> (64 - length_bits)) throw std::length_error("word_table: a terabyte of words");
+    s = {hash, count, std::uint64_t{bytes_.size()} << length_bits | word.size()};
+    bytes_.insert(bytes_.end(), word.begin(), word.end());
+    ++size_;
+  }
+
+  void rehash(std::size_t capacity) {
+    std::vector<slot> old(capacity, slot{0, 0, empty_key});
+    old.swap(slots_);
+    const std::size_t mask = capacity - 1;
+    for (const slot& s : old) {
+      if (s.key == empty_key) continue;
+      std::size_t i = s.hash & mask;
+      while (slots_[i].key != empty_key) i = (i + 1) & mask;
+      slots_[i] = s;
+    }
+  }
+
+  std::vector<slot> slots_;  // a power of two of them, or none
+  std::vector<char> bytes_;  // every word's bytes, one after another
+  std::size_t size_ = 0;
+};
+
+}  // namespace ngram
