@@ -51,16 +51,41 @@ struct chunk {
 };
 
 /// A map result plus the counters that cannot live in the map itself.
+///
+/// A decoded word_counts holds its words in `arrived`, not in `words`: the
+/// parent decodes each partial result only to add it to its accumulator, and
+/// adding a list of entries to a table needs no index of the list. Only the
+/// first partial, which the accumulator takes over, gets indexed. merge_into
+/// leaves `arrived` empty, so the result of a reduction, and anything the
+/// counting functions return, has only `words`.
 struct word_counts {
   word_table words;
   std::uint64_t total = 0;      // sum of match_count (--text: number of words)
   std::uint64_t lines = 0;      // non-empty lines seen (--text: 0)
   std::uint64_t bad_lines = 0;  // lines that are not `word TAB year TAB count TAB volumes`
   std::uint64_t bytes = 0;      // bytes scanned (decompressed bytes for .gz)
+  word_table::arrival arrived;  // decoded, not yet in `words` (see above)
 
+  /// Writes `words` (a word_counts is sent before it is ever decoded, so
+  /// `arrived` is empty), then the counters.
   template <class Archive>
-  void serialize(Archive& ar) {
+  void save(Archive& ar) const {
     ar(words, total, lines, bad_lines, bytes);
+  }
+  /// Reads what save wrote, the words into `arrived`.
+  template <class Archive>
+  void load(Archive& ar) {
+    words = {};
+    ar(arrived, total, lines, bad_lines, bytes);
+  }
+  /// Moves the entries of `arrived` into `words`.
+  void settle() {
+    if (arrived.empty()) return;
+    if (words.empty())
+      words = word_table(std::move(arrived));
+    else
+      words.add_all(arrived);
+    arrived = {};
   }
   friend bool operator==(const word_counts&, const word_counts&) = default;
 };
@@ -69,8 +94,13 @@ struct word_counts {
 /// table is added to the larger, so the first partial that reaches an empty
 /// accumulator is taken over as it is, with no per-word work.
 inline void merge_into(word_counts& acc, word_counts&& part) {
+  acc.settle();
   if (acc.words.size() < part.words.size()) swap(acc.words, part.words);
   acc.words.add_all(part.words);
+  if (acc.words.empty() && !part.arrived.empty())
+    acc.words = word_table(std::move(part.arrived));
+  else
+    acc.words.add_all(part.arrived);
   acc.total += part.total;
   acc.lines += part.lines;
   acc.bad_lines += part.bad_lines;

@@ -30,6 +30,19 @@ namespace ngram {
 /// A hash table from words to 64-bit counts: open addressing with linear
 /// probing; words are only added, never removed.
 class word_table {
+  // key: the word's offset in bytes_ (upper 40 bits) and length (lower 24).
+  struct slot {
+    std::uint64_t hash;
+    std::uint64_t count;
+    std::uint64_t key;
+    friend bool operator==(const slot&, const slot&) = default;
+  };
+  static constexpr unsigned length_bits = 24;
+  static constexpr std::uint64_t max_length = (std::uint64_t{1} << length_bits) - 1;
+  static constexpr std::uint64_t empty_key = ~std::uint64_t{0};  // an offset no table reaches
+  // Grow past 70% full: linear probing slows down quickly above that.
+  static constexpr std::size_t max_load_num = 7, max_load_den = 10;
+
  public:
   /// Adds `count` to the count of `word`, inserting it first if absent.
   void add(std::string_view word, std::uint64_t count) { add_hashed(word, hash_of(word), count); }
@@ -60,7 +73,6 @@ class word_table {
 
   /// Adds every entry of `other` to this table. The stored hashes are reused.
   void add_all(const word_table& other) {
-    reserve(size_ + other.size_);  // an upper bound: one growth at most
     for (const slot& s : other.slots_)
       if (s.key != empty_key) add_hashed(other.word_of(s.key), s.hash, s.count);
   }
@@ -98,56 +110,62 @@ class word_table {
     ar(cereal::binary_data(bytes_.data(), bytes_.size()));
   }
 
-  /// Reads what save wrote, putting each entry in its slot by its stored
-  /// hash. Every entry is checked to lie within the word bytes, so that a
-  /// corrupt payload cannot make a lookup read out of bounds.
-  template <class Archive>
-  void load(Archive& ar) {
-    cereal::size_type size = 0, bytes = 0;
-    ar(cereal::make_size_tag(size));  // coshard's archive checks counts against the bytes left
-    slots_.clear();
-    size_ = 0;
-    rehash(capacity_for(static_cast<std::size_t>(size)));
-    const std::size_t mask = slots_.size() - 1;
-    for (cereal::size_type n = 0; n < size; ++n) {
-      slot s;
-      ar(cereal::binary_data(&s, sizeof s));
-      if (s.key == empty_key) throw std::runtime_error("corrupt word table: an empty entry");
-      std::size_t i = s.hash & mask;  // a table holds each word once: no need to compare
-      while (slots_[i].key != empty_key) i = (i + 1) & mask;
-      slots_[i] = s;
+  /// A table as it arrives from another process: its entries, read in one
+  /// piece and not yet indexed, and its word bytes. Adding it to a table
+  /// needs no index of its own; one that is kept becomes a word_table.
+  class arrival {
+   public:
+    /// Reads what word_table::save wrote. Every entry is checked to lie
+    /// within the word bytes, so that a corrupt payload cannot make a lookup
+    /// read out of bounds.
+    template <class Archive>
+    void load(Archive& ar) {
+      cereal::size_type size = 0, bytes = 0;
+      ar(cereal::make_size_tag(size));  // coshard's archive checks counts against the bytes left
+      entries_.resize(static_cast<std::size_t>(size));
+      ar(cereal::binary_data(entries_.data(), entries_.size() * sizeof(slot)));
+      ar(cereal::make_size_tag(bytes));
+      bytes_.resize(static_cast<std::size_t>(bytes));
+      ar(cereal::binary_data(bytes_.data(), bytes_.size()));
+      for (const slot& s : entries_)
+        if (s.key == empty_key || (s.key >> length_bits) + (s.key & max_length) > bytes_.size())
+          throw std::runtime_error("corrupt word table: a word lies outside its bytes");
     }
-    size_ = static_cast<std::size_t>(size);
-    ar(cereal::make_size_tag(bytes));
-    bytes_.resize(static_cast<std::size_t>(bytes));
-    ar(cereal::binary_data(bytes_.data(), bytes_.size()));
-    for (const slot& s : slots_)
-      if (s.key != empty_key && (s.key >> length_bits) + (s.key & max_length) > bytes_.size())
-        throw std::runtime_error("corrupt word table: a word lies outside its bytes");
+    [[nodiscard]] bool empty() const noexcept { return entries_.empty(); }
+    [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
+    friend bool operator==(const arrival&, const arrival&) = default;
+
+   private:
+    friend class word_table;
+    std::vector<slot> entries_;
+    std::vector<char> bytes_;
+  };
+
+  word_table() = default;
+
+  /// Takes over an arrived table's words and indexes its entries by their
+  /// stored hashes (a table holds each word once: no words are compared).
+  explicit word_table(arrival&& a) : bytes_(std::move(a.bytes_)), size_(a.entries_.size()) {
+    rehash_from(a.entries_, capacity_for(size_));
+    a.entries_.clear();
+  }
+
+  /// Adds every entry of an arrived table to this one.
+  void add_all(const arrival& other) {
+    for (const slot& s : other.entries_) add_hashed(word_of(other.bytes_, s.key), s.hash, s.count);
   }
 
  private:
-  // key: the word's offset in bytes_ (upper 40 bits) and length (lower 24).
-  struct slot {
-    std::uint64_t hash;
-    std::uint64_t count;
-    std::uint64_t key;
-  };
-  static constexpr unsigned length_bits = 24;
-  static constexpr std::uint64_t max_length = (std::uint64_t{1} << length_bits) - 1;
-  static constexpr std::uint64_t empty_key = ~std::uint64_t{0};  // an offset no table reaches
-  // Grow past 70% full: linear probing slows down quickly above that.
-  static constexpr std::size_t max_load_num = 7, max_load_den = 10;
-
   static std::uint64_t hash_of(std::string_view word) { return std::hash<std::string_view>{}(word); }
 
   static std::size_t capacity_for(std::size_t n) {
     return std::bit_ceil(std::max<std::size_t>(16, n * max_load_den / max_load_num + 1));
   }
 
-  [[nodiscard]] std::string_view word_of(std::uint64_t key) const {
-    return {bytes_.data() + (key >> length_bits), static_cast<std::size_t>(key & max_length)};
+  static std::string_view word_of(const std::vector<char>& bytes, std::uint64_t key) {
+    return {bytes.data() + (key >> length_bits), static_cast<std::size_t>(key & max_length)};
   }
+  [[nodiscard]] std::string_view word_of(std::uint64_t key) const { return word_of(bytes_, key); }
 
   // The slot holding `word`, or the empty slot where it would go.
   // Requires a non-empty table with at least one free slot.
@@ -174,10 +192,16 @@ class word_table {
   }
 
   void rehash(std::size_t capacity) {
-    std::vector<slot> old(capacity, slot{0, 0, empty_key});
+    std::vector<slot> old;
     old.swap(slots_);
+    rehash_from(old, capacity);
+  }
+
+  // Puts every used entry of `from` into a fresh slot array of `capacity`.
+  void rehash_from(const std::vector<slot>& from, std::size_t capacity) {
+    slots_.assign(capacity, slot{0, 0, empty_key});
     const std::size_t mask = capacity - 1;
-    for (const slot& s : old) {
+    for (const slot& s : from) {
       if (s.key == empty_key) continue;
       std::size_t i = s.hash & mask;
       while (slots_[i].key != empty_key) i = (i + 1) & mask;
