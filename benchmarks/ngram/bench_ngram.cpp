@@ -168,6 +168,7 @@ void register_sequential(const ngram_input& in, const std::string& name, bool us
 
 const bool registered = [] {
   static std::optional<ngram_input> in;
+  ngram::keep_large_blocks_in_heap();  // as ngram_count does, before any pool forks
   try {
     in.emplace(prepare_input());
   } catch (const std::exception& e) {

@@ -27,7 +27,6 @@
 #include <CLI/CLI.hpp>
 #include <zlib.h>
 
-#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -293,16 +292,7 @@ int main(int argc, char** argv) {
   gen->excludes("inputs");
   CLI11_PARSE(app, argc, argv);
 
-  // Every large block glibc hands out is a fresh mmap by default, faulted in
-  // page by page and unmapped on free: the word tables as they grow, and the
-  // partial results the parent and the workers (which inherit this setting)
-  // send and receive. Serving them from the heap, which is never trimmed,
-  // reuses pages already faulted in. On the 100 MB generated file this took
-  // one worker's CPU (parent and worker) from 1.08x to 1.04x the one-process
-  // count's (medians of 30 interleaved pairs per build) and left the
-  // one-process count's within noise.
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+  ngram::keep_large_blocks_in_heap();  // before the pool forks: the workers inherit it
 
   try {
     const auto size_bytes = static_cast<std::uint64_t>(size_mb * 1024 * 1024);
