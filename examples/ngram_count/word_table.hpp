@@ -1,5 +1,5 @@
-// word_table.hpp - ngram_count's word -> count hash table: flat, and sent
-// between processes as its own memory.
+// word_table.hpp - ngram_count's word -> count hash table: flat, and cheap to
+// send between processes and to add up.
 //
 // Why not std::unordered_map: a profile of `ngram_count --workers 1` on a
 // 100 MB generated file showed the parent spending more CPU on partial maps
@@ -8,8 +8,9 @@
 // inserted node by node into the parent's map, a cache miss or three per
 // word while the worker streamed the file through the same cache. This table
 // keeps all words' bytes in one array and the entries (with their hashes) in
-// another, so that sending it is two memcpys, a received one is ready to use
-// as it arrives, and merging needs no rehashing of words.
+// another: it is sent as its entries and bytes as they are in memory, a
+// received one is added to another by its stored hashes without being
+// indexed itself, and no word is ever hashed twice.
 #pragma once
 
 #include <cereal/cereal.hpp>
@@ -75,11 +76,6 @@ class word_table {
   void add_all(const word_table& other) {
     for (const slot& s : other.slots_)
       if (s.key != empty_key) add_hashed(other.word_of(s.key), s.hash, s.count);
-  }
-
-  /// Makes room for `n` words without growing.
-  void reserve(std::size_t n) {
-    if (n * max_load_den > slots_.size() * max_load_num) rehash(capacity_for(n));
   }
 
   friend void swap(word_table& a, word_table& b) noexcept {
