@@ -63,6 +63,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -106,13 +107,13 @@ constexpr auto count_chunk = [](const ngram::chunk& c) { return ngram::count_fil
 std::string difference(const ngram::word_counts& want, const ngram::word_counts& got) {
   if (got == want) return {};
   auto count_of = [](const ngram::word_counts& r, const std::string& w) -> unsigned long long {
-    const auto it = r.words.find(w);
-    return it == r.words.end() ? 0 : it->second;
+    return r.words.count_of(w);
   };
   std::string most = "Aardvark";  // the sequential result's most frequent word
   std::uint64_t best = 0;
-  for (const auto& [w, n] : want.words)
+  want.words.for_each([&](std::string_view w, std::uint64_t n) {
     if (n > best) best = n, most = w;
+  });
   char buf[512];
   std::snprintf(buf, sizeof buf,
                 "total %llu vs %llu, lines %llu vs %llu, distinct words %zu vs %zu, "
@@ -167,6 +168,7 @@ void register_sequential(const ngram_input& in, const std::string& name, bool us
 
 const bool registered = [] {
   static std::optional<ngram_input> in;
+  ngram::keep_large_blocks_in_heap();  // as ngram_count does, before any pool forks
   try {
     in.emplace(prepare_input());
   } catch (const std::exception& e) {

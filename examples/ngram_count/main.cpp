@@ -12,6 +12,7 @@
 //
 //   ngram_count                          generate /tmp/coshard-ngram-200mb.tsv if missing, count it
 //   ngram_count FILE_OR_DIR... [--verify] [--workers N] [--chunk-mb M] [--top K] [--word W]...
+//   ngram_count FILE_OR_DIR... --sequential   count in this process, each file in one pass, no pool
 //   ngram_count --text DIR_OR_FILE...    count words (lowercased letter runs) in ordinary text
 //   ngram_count --generate FILE --size-mb N [--seed S]
 //
@@ -34,6 +35,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -59,7 +61,6 @@ using ngram::ngram_counter;
 using ngram::os_error;
 using ngram::plan_chunks;
 using ngram::word_counts;
-using ngram::word_map;
 
 bool is_letter(char c) { return static_cast<unsigned char>((c | 0x20) - 'a') < 26; }
 
@@ -83,10 +84,7 @@ void count_text_words(std::string_view text, word_counts& out) {
       word = lowered;
     }
     ++out.total;
-    if (auto it = out.words.find(word); it != out.words.end())
-      ++it->second;
-    else
-      out.words.emplace(std::string(word), 1);
+    out.words.add(word, 1);
   }
 }
 
@@ -133,6 +131,7 @@ word_counts count_ngram_chunk(const chunk& c) {
   word_counts out;
   ngram_counter counter(out);
   out.bytes = for_each_gz_block(c.path, is_newline, [&](std::string_view t) { counter.add_text(t); });
+  counter.finish();
   return out;
 }
 
@@ -233,22 +232,22 @@ void print_summary(const word_counts& result, std::size_t files, std::size_t chu
   if (!text_mode) std::printf("bad_lines: %llu\n", static_cast<unsigned long long>(result.bad_lines));
 
   // Top K by count, ties by word, so the listing is the same on every run.
-  std::vector<const word_map::value_type*> entries;
+  std::vector<std::pair<std::string_view, std::uint64_t>> entries;
   entries.reserve(result.words.size());
-  for (const auto& e : result.words) entries.push_back(&e);
+  result.words.for_each([&](std::string_view word, std::uint64_t count) { entries.emplace_back(word, count); });
   const auto k = std::min(top, entries.size());
   std::partial_sort(entries.begin(), entries.begin() + static_cast<std::ptrdiff_t>(k), entries.end(),
-                    [](auto* x, auto* y) { return x->second != y->second ? x->second > y->second : x->first < y->first; });
+                    [](const auto& x, const auto& y) {
+                      return x.second != y.second ? x.second > y.second : x.first < y.first;
+                    });
   for (std::size_t i = 0; i < k; ++i)
-    std::printf("top %zu: %s %llu\n", i + 1, entries[i]->first.c_str(),
-                static_cast<unsigned long long>(entries[i]->second));
+    std::printf("top %zu: %.*s %llu\n", i + 1, static_cast<int>(entries[i].first.size()), entries[i].first.data(),
+                static_cast<unsigned long long>(entries[i].second));
 
   for (auto word : lookups) {
     if (text_mode)  // --text counts lowercased words
       std::transform(word.begin(), word.end(), word.begin(), [](char c) { return is_letter(c) ? c | 0x20 : c; });
-    const auto it = result.words.find(word);
-    std::printf("word: %s %llu\n", word.c_str(),
-                static_cast<unsigned long long>(it == result.words.end() ? 0 : it->second));
+    std::printf("word: %s %llu\n", word.c_str(), static_cast<unsigned long long>(result.words.count_of(word)));
   }
 }
 
@@ -266,6 +265,7 @@ int main(int argc, char** argv) {
   std::size_t top = 10;
   std::vector<std::string> lookups{"Aardvark"};
   bool verify = false;
+  bool sequential = false;
   std::string generate_path;
   double size_mb = 200;
   std::uint64_t seed = 1;
@@ -282,12 +282,17 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->allow_extra_args(false);
   app.add_flag("--verify", verify, "also count sequentially in this process, compare and print the speedup");
+  app.add_flag("--sequential", sequential,
+               "count in this process instead, each plain file in one pass, with no pool: the baseline")
+      ->excludes("--verify");
   auto* gen = app.add_option("--generate", generate_path, "write a generated 1-gram file to this path and exit");
   app.add_option("--size-mb", size_mb, "size of the generated file")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--seed", seed, "seed of the generator")->capture_default_str();
   app.add_option("--dict", dict, "word list the generator draws from")->capture_default_str();
   gen->excludes("inputs");
   CLI11_PARSE(app, argc, argv);
+
+  ngram::keep_large_blocks_in_heap();  // before the pool forks: the workers inherit it
 
   try {
     const auto size_bytes = static_cast<std::uint64_t>(size_mb * 1024 * 1024);
@@ -310,6 +315,18 @@ int main(int argc, char** argv) {
     }
 
     const auto files = collect_files(inputs);
+    auto count_ngram = [](const chunk& c) { return count_ngram_chunk(c); };
+    auto count_text = [](const chunk& c) { return count_text_chunk(c); };
+    if (sequential) {  // one chunk per file: the simple count the pool is measured against
+      const auto whole_files = plan_chunks(files, std::numeric_limits<std::uint64_t>::max() / 2,
+                                           text_mode ? is_not_letter : is_newline);
+      std::printf("mode: %s\nworkers: 0\n", text_mode ? "text" : "ngram");
+      const auto t0 = std::chrono::steady_clock::now();
+      const word_counts result =
+          text_mode ? run_sequential(whole_files, count_text) : run_sequential(whole_files, count_ngram);
+      print_summary(result, files.size(), whole_files.size(), seconds_since(t0), top, lookups, text_mode);
+      return 0;
+    }
     const auto chunks = plan_chunks(files, std::max<std::uint64_t>(1, static_cast<std::uint64_t>(chunk_mb * 1024 * 1024)),
                                     text_mode ? is_not_letter : is_newline);
     // Every batch's partial map crosses to the parent, which decodes and
@@ -327,8 +344,6 @@ int main(int argc, char** argv) {
     std::printf("mode: %s\nworkers: %zu\n", text_mode ? "text" : "ngram", pool.size());
     std::fflush(stdout);  // before the progress line, when stdout is a file or pipe
 
-    auto count_ngram = [](const chunk& c) { return count_ngram_chunk(c); };
-    auto count_text = [](const chunk& c) { return count_text_chunk(c); };
     const bool progress = !text_mode && ::isatty(STDERR_FILENO);
     auto t0 = std::chrono::steady_clock::now();
     const word_counts result =

@@ -1,18 +1,18 @@
 // ngram_counting.hpp - the counting core of ngram_count, shared with
 // benchmarks/ngram/bench_ngram.cpp: the work item and result types that cross
-// between the parent and the workers, the 1-gram line parser, counting one
-// chunk (a byte range) of a plain file, cutting files into chunks on line
-// boundaries, and the generator of synthetic 1-gram files.
+// between the parent and the workers (the word table is in word_table.hpp),
+// the 1-gram line parser, counting one chunk (a byte range) of a plain file,
+// cutting files into chunks on line boundaries, the allocator setting both
+// use, and the generator of synthetic 1-gram files.
 //
 // Plain files only: `.gz` input (zlib) stays in main.cpp, so that users of
 // this header need not link zlib. Everything is inline, in namespace `ngram`.
 #pragma once
 
-#include <coshard/keyed_reduce.hpp>
-
-#include <cereal/cereal.hpp>
+#include "word_table.hpp"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -25,13 +25,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <system_error>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -54,86 +53,74 @@ struct chunk {
   }
 };
 
-/// Lets the word map be searched with a std::string_view into the file's
-/// text: a std::string is built only when a word is seen for the first time.
-///
-/// operator() is deliberately not noexcept: libstdc++ stores each node's hash
-/// code only for a hash function it does not consider fast, and it considers
-/// every noexcept one fast. Without stored codes, every lookup re-hashes the
-/// keys of the nodes it walks past (to see where their bucket ends) and every
-/// rehash re-hashes all keys. Storing them halved the parent's decode and
-/// merge of the 25 partial results of the 200 MB generated file (27 ms ->
-/// 13 ms on the development VM, measured alone; more while workers run).
-struct string_hash {
-  using is_transparent = void;
-  std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
-using word_map = std::unordered_map<std::string, std::uint64_t, string_hash, std::equal_to<>>;
-
-/// A (word, count) pair as a decoded partial result holds it.
-using word_entry = std::pair<std::string, std::uint64_t>;
-
 /// A map result plus the counters that cannot live in the map itself.
 ///
-/// A decoded word_counts holds its words in the flat list `arrived`, not in
-/// `words`: the parent decodes every partial result, on its own, only to
-/// merge it into its accumulator at once. Inserting each decoded entry there
-/// once costs about half as much as building a hash map per partial and then
-/// moving its nodes (13 ms -> 7 ms for the 25 partials of the 200 MB file),
-/// and on a 2-core machine that parent time is taken from the workers.
-/// merge_into moves `arrived` into the map, so the result of a reduction,
-/// and anything the counting functions return, has only `words`.
+/// A decoded word_counts holds its words in `arrived`, not in `words`: the
+/// parent decodes each partial result only to add it to its accumulator, and
+/// adding a list of entries to a table needs no index of the list. Only the
+/// first partial, which the accumulator takes over, gets indexed. merge_into
+/// leaves `arrived` empty, so the result of a reduction, and anything the
+/// counting functions return, has only `words`.
 struct word_counts {
-  word_map words;
+  word_table words;
   std::uint64_t total = 0;      // sum of match_count (--text: number of words)
   std::uint64_t lines = 0;      // non-empty lines seen (--text: 0)
   std::uint64_t bad_lines = 0;  // lines that are not `word TAB year TAB count TAB volumes`
   std::uint64_t bytes = 0;      // bytes scanned (decompressed bytes for .gz)
-  std::vector<word_entry> arrived;  // decoded, not yet in `words` (see above)
+  word_table::arrival arrived;  // decoded, not yet in `words` (see above)
 
-  /// Writes the entries of `words` and `arrived` (as cereal writes a map: a
-  /// count, then word and count of each), then the counters.
+  /// Writes `words` (a word_counts is sent before it is ever decoded, so
+  /// `arrived` is empty), then the counters.
   template <class Archive>
   void save(Archive& ar) const {
-    ar(cereal::make_size_tag(static_cast<cereal::size_type>(words.size() + arrived.size())));
-    for (const auto& [word, count] : words) ar(word, count);
-    for (const auto& [word, count] : arrived) ar(word, count);
-    ar(total, lines, bad_lines, bytes);
+    ar(words, total, lines, bad_lines, bytes);
   }
-  /// Reads what save wrote, the entries into `arrived`.
+  /// Reads what save wrote, the words into `arrived`.
   template <class Archive>
   void load(Archive& ar) {
-    cereal::size_type n = 0;
-    ar(cereal::make_size_tag(n));  // coshard's archive checks n against the bytes left
-    words.clear();
-    arrived.clear();
-    arrived.reserve(static_cast<std::size_t>(n));
-    for (cereal::size_type i = 0; i < n; ++i) {
-      word_entry& e = arrived.emplace_back();
-      ar(e.first, e.second);
-    }
-    ar(total, lines, bad_lines, bytes);
+    words = {};
+    ar(arrived, total, lines, bad_lines, bytes);
   }
   /// Moves the entries of `arrived` into `words`.
   void settle() {
-    for (auto& [word, count] : arrived) words.try_emplace(std::move(word), 0).first->second += count;
-    arrived.clear();
+    if (arrived.empty()) return;
+    if (words.empty())
+      words = word_table(std::move(arrived));
+    else
+      words.add_all(arrived);
+    arrived = {};
   }
   friend bool operator==(const word_counts&, const word_counts&) = default;
 };
 
-/// Adds `part` into `acc`: the words' counts and the counters.
+/// Adds `part` into `acc`: the words' counts and the counters. The smaller
+/// table is added to the larger, so the first partial that reaches an empty
+/// accumulator is taken over as it is, with no per-word work.
 inline void merge_into(word_counts& acc, word_counts&& part) {
-  // coshard's keyed merge moves the smaller map's nodes into the larger one;
-  // decoded entries are then inserted one by one.
-  acc.words = coshard::merge_maps<>{}(std::move(acc.words), std::move(part.words));
   acc.settle();
-  for (auto& [word, count] : part.arrived) acc.words.try_emplace(std::move(word), 0).first->second += count;
-  part.arrived.clear();
+  if (acc.words.size() < part.words.size()) swap(acc.words, part.words);
+  acc.words.add_all(part.words);
+  if (acc.words.empty() && !part.arrived.empty())
+    acc.words = word_table(std::move(part.arrived));
+  else
+    acc.words.add_all(part.arrived);
   acc.total += part.total;
   acc.lines += part.lines;
   acc.bad_lines += part.bad_lines;
   acc.bytes += part.bytes;
+}
+
+/// Makes glibc serve large blocks from the heap and never give freed memory
+/// back. By default every block of 128 KiB or more is a fresh mmap, faulted
+/// in page by page and unmapped on free: the word tables as they grow, and
+/// the partial results the parent and the workers send and receive. Reusing
+/// pages already faulted in took one worker's CPU (parent and worker) on the
+/// 100 MB generated file from 1.08x to 1.04x the one-process count's
+/// (medians of 30 interleaved pairs per build), and left the one-process
+/// count's within noise. Call it before the pool forks: workers inherit it.
+inline void keep_large_blocks_in_heap() {
+  ::mallopt(M_MMAP_MAX, 0);
+  ::mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
 }
 
 /// The reducer the pool runs in the workers and in the parent. It must be
@@ -176,8 +163,9 @@ inline bool read_char(const char*& p, const char* end, char c) {
 /// Adds 1-gram lines to a word_counts. Lines are about 20 bytes, so the parse
 /// is one pass over each line, without a search for the end first; the word
 /// stays a string_view into the file. Google's files are sorted by word, with
-/// one line per year, so consecutive lines usually repeat the word: the last
-/// entry is kept at hand and most lines cost no hash lookup at all.
+/// one line per year, so consecutive lines usually repeat the word: counts are
+/// summed while the word repeats and added to the table once per run of it.
+/// finish() adds the last run.
 class ngram_counter {
  public:
   explicit ngram_counter(word_counts& out) : out_(out) {}
@@ -187,6 +175,12 @@ class ngram_counter {
     const char* p = text.data();
     const char* const end = p + text.size();
     while (p < end) p = add_line(p, end);
+  }
+
+  /// Adds the counts of the last word seen to the table.
+  void finish() {
+    if (run_lines_ != 0) out_.words.add(run_word_, run_count_);
+    run_lines_ = 0;
   }
 
  private:
@@ -203,13 +197,13 @@ class ngram_counter {
     if (!ok || (p != end && *p != '\n')) return skip_bad_line(line, p, end);
     ++out_.lines;
     out_.total += count;
-    if (last_count_ == nullptr || word != last_word_) {
-      auto it = out_.words.find(word);
-      if (it == out_.words.end()) it = out_.words.emplace(std::string(word), 0).first;
-      last_word_ = it->first;  // map nodes never move, so the view stays valid
-      last_count_ = &it->second;
+    if (run_lines_ == 0 || word != run_word_) {
+      finish();
+      run_word_.assign(word);  // the text's buffer is reused: keep a copy
+      run_count_ = 0;
     }
-    *last_count_ += count;
+    ++run_lines_;
+    run_count_ += count;
     return p == end ? end : p + 1;
   }
 
@@ -227,8 +221,9 @@ class ngram_counter {
   }
 
   word_counts& out_;
-  std::string_view last_word_;
-  std::uint64_t* last_count_ = nullptr;
+  std::string run_word_;         // the word of the current run of lines
+  std::uint64_t run_count_ = 0;  // its counts so far in this run
+  std::uint64_t run_lines_ = 0;  // lines in this run; 0 before the first
 };
 
 /// Where a 1-gram chunk may end: after a newline.
@@ -292,6 +287,7 @@ inline word_counts count_file_chunk(const chunk& c) {
   word_counts out;
   ngram_counter counter(out);
   for_each_block(c.path, c.offset, c.length, is_newline, [&](std::string_view text) { counter.add_text(text); });
+  counter.finish();
   out.bytes = c.length;
   return out;
 }
@@ -334,6 +330,7 @@ inline word_counts count_mapped_chunk(const chunk& c) {
   ngram_counter counter(out);
   const mapped_range map(c.path, c.offset, c.length);
   counter.add_text(map.text());
+  counter.finish();
   out.bytes = c.length;
   return out;
 }

@@ -2,7 +2,8 @@
 # Smoke test of ngram_count against independent counts made with awk, tr, sort
 # and uniq:
 #   1. a generated ~5 MB 1-gram file with bad lines mixed in, cut into several
-#      chunks, counted by 2 workers (and --verify'd against the sequential count);
+#      chunks, counted by 2 workers (and --verify'd against the sequential count),
+#      and counted by --sequential, without a pool;
 #   2. the same file gzipped (one item, decompressed in a worker);
 #   3. --text on a small tree of text files (one gzipped, one big enough to be
 #      cut into chunks);
@@ -83,6 +84,8 @@ compare_ngram_run "plain file, $(value chunks "$tmp/plain.out") chunks" "$tmp/pl
 # The chunk boundaries are what this run tests: the file must really be cut.
 check "several chunks" yes "$( (($(value chunks "$tmp/plain.out") > 1)) && echo yes || echo no)"
 check "--verify" ok "$(value verify "$tmp/plain.out")"
+"$bin" "$ngrams" --sequential "${lookups[@]}" >"$tmp/sequential.out"
+compare_ngram_run "plain file, --sequential" "$tmp/sequential.out"
 
 # --- 2. the same file gzipped -------------------------------------------------
 gzip -k "$ngrams"
@@ -124,6 +127,13 @@ done
 check "top 1 count" "$(sort -rn "$tmp/text-ref.txt" | awk 'NR == 1 { print $1 }')" \
   "$(value "top 1" "$tmp/text.out" | awk '{ print $2 }')"
 check "--verify" ok "$(value verify "$tmp/text.out")"
+"$bin" --text "$tree" --sequential --top 1 --word Aardvark --word the >"$tmp/text-seq.out"
+for key in total distinct_words "top 1"; do
+  check "--sequential $key" "$(value "$key" "$tmp/text.out")" "$(value "$key" "$tmp/text-seq.out")"
+done
+for w in aardvark the; do
+  check "--sequential word $w" "$(word_count "$w" "$tmp/text.out")" "$(word_count "$w" "$tmp/text-seq.out")"
+done
 
 # --- 4. the usage lines' forms: options before, between and after the files --
 # Each form must count the file it names ("--word W FILE" once took FILE as a
