@@ -27,6 +27,7 @@
 #include <mutex>
 #include <numeric>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -302,19 +303,27 @@ TEST_CASE("exec: the supervisor and workers inherit no descriptor and no marker 
   REQUIRE(user_file >= 0);
   {
     coshard::process_pool pool{{.workers = 2, .start = start_method::exec}};
+    const std::set<std::string> mine{std::filesystem::read_symlink("/proc/self/fd/" + std::to_string(user_pipe[0])),
+                                     std::filesystem::read_symlink("/proc/self/fd/" + std::to_string(user_pipe[1]))};
     auto pids = pool.worker_pids();
     pids.push_back(pool.supervisor_pid());
     for (pid_t p : pids) {
       // Above stdio only what coshard made there: its sockets, and event,
-      // signal, pid and epoll descriptors. No pipe, no file.
+      // signal, pid and epoll descriptors, and in the supervisor the read
+      // ends of the workers' output pipes. Nothing of the caller's.
+      std::size_t pipes = 0;
       for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(p) + "/fd")) {
         if (std::stoi(e.path().filename().string()) <= 2) continue;
         std::error_code ec;
         const std::string target = std::filesystem::read_symlink(e.path(), ec).string();
         if (ec) continue;  // closed meanwhile
         INFO("pid " << p << " holds " << target);
-        CHECK((target.rfind("socket:", 0) == 0 || target.rfind("anon_inode:", 0) == 0));
+        CHECK(mine.count(target) == 0);
+        const bool pipe = target.rfind("pipe:", 0) == 0;
+        pipes += pipe;
+        CHECK((target.rfind("socket:", 0) == 0 || target.rfind("anon_inode:", 0) == 0 || pipe));
       }
+      CHECK(pipes == (p == pool.supervisor_pid() ? 2 * 2 : 0));
     }
     // (/proc/<pid>/environ shows the image's first environment, so ask the
     // workers what they and the programs they start would see.)

@@ -1080,6 +1080,32 @@ TEST_CASE("progress_bar: in a pseudo-terminal it is one line, redrawn, ending at
   CHECK(screen[0].find("1 failed") != std::string::npos);
 }
 
+TEST_CASE("progress_bar: clear() lets a sink print whole lines above the bar") {
+  int master = -1, slave = -1;
+  REQUIRE(::openpty(&master, &slave, nullptr, nullptr, nullptr) == 0);
+  with_pool({.workers = 2, .batch_size = 1}, [&](coshard::process_pool& pool) {
+    coshard::progress_bar bar({.label = "sink", .fd = slave, .show_after = std::chrono::milliseconds(0)});
+    coshard::job_options options;
+    options.progress = bar;  // a copy: both draw and clear the same line
+    pool.for_each_result(std::vector<long>{250, 500, 750, 1000}, [](long ms) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+      return ms;
+    }, [&](std::size_t, long ms) {
+      bar.clear();
+      const std::string line = "done " + std::to_string(ms) + "\n";
+      (void)!::write(slave, line.data(), line.size());
+    }, options);
+  });
+  const std::string bytes = read_available(master);
+  ::close(slave);
+  ::close(master);
+  INFO(bytes);
+  const auto screen = render_terminal(bytes);
+  REQUIRE(screen.size() == 5);
+  for (int i = 0; i < 4; ++i) CHECK(screen[static_cast<std::size_t>(i)] == "done " + std::to_string(250 * (i + 1)));
+  CHECK(screen[4].rfind("sink  100% ", 0) == 0);
+}
+
 TEST_CASE("progress_bar: elsewhere it writes plain lines, periodically and at the end; a quick job stays silent") {
   int pipe_fds[2];
   REQUIRE(::pipe(pipe_fds) == 0);
@@ -1112,6 +1138,9 @@ TEST_CASE("progress_bar: the line for an input of unknown size, and the ETA") {
   p.items_done = 1500;
   p.elapsed = std::chrono::seconds(3);
   CHECK(coshard::progress_bar::format(p, {.unit = "pages"}) == "1,500 pages  500 pages/s  0:03");
+  p.items_done = 15'000;
+  CHECK(coshard::progress_bar::format(p, {.unit = "pages"}) == "15,000 pages  5,000 pages/s  0:03");
+  p.items_done = 1500;
   p.items_total = 4500;
   p.items_retried = 12;
   CHECK(coshard::progress_bar::format(p, {.label = "crawl", .width = 10}) ==

@@ -132,15 +132,18 @@ TEST_CASE("workers hold no descriptor of the caller's but their channel and stdi
       auto t = fd_targets();
       return std::vector<std::string>(t.begin(), t.end());
     });
-    // The supervisor keeps stdio, its control socket, the owner's pidfd and
-    // its signalfd: nothing of the caller's, and one socket.
+    // The supervisor keeps stdio, its control socket, the owner's pidfd, its
+    // signalfd and the read ends of the workers' output pipes: nothing of the
+    // caller's, and one socket.
     const auto sup = fd_targets(std::to_string(pool.supervisor_pid()));
     for (const auto& t : sup) {
       INFO("supervisor: " << t);
       CHECK(mine.count(t) == 0);
     }
     CHECK(std::count_if(sup.begin(), sup.end(), [](const std::string& t) { return t.rfind("socket:", 0) == 0; }) == 1);
-    CHECK(sup.size() <= 6);
+    CHECK(std::count_if(sup.begin(), sup.end(), [](const std::string& t) { return t.rfind("pipe:", 0) == 0; }) ==
+          2 * 2);
+    CHECK(sup.size() <= 6 + 2 * 2);
     for (const auto& targets : seen) {
       for (const auto& t : targets) {
         INFO(t);
@@ -762,4 +765,29 @@ TEST_CASE("worker output: a sink with capture turned off is refused, naming both
                                            .capture_worker_output = false,
                                            .worker_output = [](const coshard::worker_output_line&) {}}),
                     Catch::Contains("worker_output") && Catch::Contains("capture_worker_output"));
+}
+
+TEST_CASE("worker output: a line with no end arrives in 32 KiB pieces; a throwing sink loses no other line") {
+  std::mutex mutex;
+  std::vector<std::string> lines;
+  {
+    coshard::process_pool pool{{.workers = 1, .worker_output = [&](const coshard::worker_output_line& l) {
+                                  std::lock_guard lock(mutex);
+                                  lines.emplace_back(l.text);
+                                  if (l.text == "throw") throw std::runtime_error("a sink that throws");
+                                }}};
+    (void)pool.map(std::vector<long>{1}, [](long x) {
+      std::printf("throw\nafter\n");
+      std::fflush(stdout);
+      const std::string endless(100 * 1024, 'y');
+      (void)!::write(1, endless.data(), endless.size());
+      return x;
+    });
+  }  // the worker exits at shutdown: the unfinished line is passed on
+  std::lock_guard lock(mutex);
+  REQUIRE(lines.size() == 6);
+  CHECK(lines[0] == "throw");
+  CHECK(lines[1] == "after");
+  for (std::size_t i = 2; i < 5; ++i) CHECK(lines[i] == std::string(32 * 1024, 'y'));
+  CHECK(lines[5] == std::string(100 * 1024 - 3 * 32 * 1024, 'y'));
 }

@@ -81,12 +81,17 @@ page_result failed_item(const std::string& url, const std::exception_ptr& error)
 
 // One pool job over `urls`: a page_result per URL, in input order.
 std::vector<page_result> fetch_all(coshard::process_pool& pool, const std::vector<std::string>& urls,
-                                   crawler::fetch_options opt) {
+                                   crawler::fetch_options opt, std::string label) {
+  // Progress on stderr as pages come back: one redrawn line per round on a
+  // terminal, one plain line per round (and every 5 s) in a log.
+  coshard::job_options options;
+  options.progress = coshard::progress_bar(
+      {.label = std::move(label), .show_after = std::chrono::milliseconds(0), .unit = "pages"});
   // The lambda captures only `opt`, a trivially copyable struct: coshard sends
   // it to the workers as bytes. It is not itself a coroutine (so no capture
   // has to outlive a call); fetch_page takes its arguments by value.
   auto outcomes = pool.map_settled(
-      urls, [opt](std::string url) { return crawler::fetch_page(std::move(url), opt); });
+      urls, [opt](std::string url) { return crawler::fetch_page(std::move(url), opt); }, options);
   std::vector<page_result> pages;
   pages.reserve(urls.size());
   for (std::size_t i = 0; i < urls.size(); ++i)
@@ -101,13 +106,13 @@ double seconds_since(clock_type::time_point t0) {
 // Breadth-first crawl from `start`, same host only, at most `max_pages`
 // URLs (0: no limit). Returns the pages in BFS order.
 std::vector<page_result> crawl(coshard::process_pool& pool, const crawler::url& start, std::size_t max_pages,
-                               crawler::fetch_options opt, bool progress, totals& sum) {
+                               crawler::fetch_options opt, totals& sum) {
   const auto t0 = clock_type::now();
   std::unordered_set<std::string> seen{start.str()};
   std::vector<std::string> frontier{start.str()};
   std::vector<page_result> pages;
   for (int round = 1; !frontier.empty(); ++round) {
-    std::vector<page_result> fetched = fetch_all(pool, frontier, opt);
+    std::vector<page_result> fetched = fetch_all(pool, frontier, opt, "round " + std::to_string(round));
     std::vector<std::string> next;
     for (page_result& p : fetched) {
       for (const std::string& link : p.links) {
@@ -120,11 +125,7 @@ std::vector<page_result> crawl(coshard::process_pool& pool, const crawler::url& 
       pages.push_back(std::move(p));
     }
     frontier = std::move(next);
-    if (progress)
-      std::fprintf(stderr, "\rround %d: %zu pages, %zu errors, %zu queued, %.0f pages/s   ", round, sum.pages,
-                   sum.error_count(), frontier.size(), static_cast<double>(sum.pages) / seconds_since(t0));
   }
-  if (progress) std::fprintf(stderr, "\n");
   sum.seconds = seconds_since(t0);
   return pages;
 }
@@ -213,10 +214,9 @@ int main(int argc, char** argv) {
   const crawler::fetch_options opt{.timeout_ms = timeout_ms,
                                    .max_idle = static_cast<std::uint32_t>(concurrency),
                                    .return_links = true};
-  const bool progress = ::isatty(STDERR_FILENO) != 0;
   std::printf("crawling %s with %zu workers x %zu concurrent\n", start->str().c_str(), pool.size(), concurrency);
   totals crawled;
-  std::vector<page_result> pages = crawl(pool, *start, max_pages, opt, progress, crawled);
+  std::vector<page_result> pages = crawl(pool, *start, max_pages, opt, crawled);
   print_totals("crawl", crawled);
 
   if (!csv.empty()) {
@@ -236,7 +236,7 @@ int main(int argc, char** argv) {
     for (std::size_t r = 1; r <= rounds; ++r) {
       totals one;
       const auto t0 = clock_type::now();
-      for (const auto& p : fetch_all(pool, urls, bench)) one.add(p);
+      for (const auto& p : fetch_all(pool, urls, bench, "re-fetch " + std::to_string(r))) one.add(p);
       one.seconds = seconds_since(t0);
       const std::string label = "round " + std::to_string(r) + "/" + std::to_string(rounds);
       print_totals(label.c_str(), one);

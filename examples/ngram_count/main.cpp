@@ -183,32 +183,15 @@ double mb_per_s(std::uint64_t bytes, double seconds) {
   return seconds > 0 ? static_cast<double>(bytes) / (1024.0 * 1024.0) / seconds : 0.0;
 }
 
-/// Runs the map step over all chunks in the pool and reduces the results.
-/// map_reduce folds the results of a batch inside the worker, but reports
-/// nothing until the end. For a progress line each chunk's result must arrive
-/// on its own (for_each_result), to be merged here. Ngram chunks travel one
-/// per batch anyway, so streaming them costs nothing; --text batches many
-/// small files, and streaming them would send the parent one map per file.
+/// Runs the map step over all chunks in the pool and reduces the results:
+/// map_reduce folds the results of a batch inside the worker first. A run
+/// longer than a second shows a progress bar on stderr (chunks come back one
+/// per batch in ngram mode, so it moves with every chunk).
 template <class Count>
-word_counts run_pool(coshard::process_pool& pool, const std::vector<chunk>& chunks, Count count,
-                     bool progress) {
-  if (!progress) return pool.map_reduce(chunks, count, add_counts{}, word_counts{});
-
-  word_counts total;
-  std::size_t done = 0;
-  const auto t0 = std::chrono::steady_clock::now();
-  auto shown = t0;
-  pool.for_each_result(chunks, count, [&](std::size_t, word_counts part) {
-    merge_into(total, std::move(part));
-    const auto now = std::chrono::steady_clock::now();
-    if (++done == chunks.size() || now - shown >= std::chrono::milliseconds(100)) {  // a few updates a second
-      shown = now;
-      std::fprintf(stderr, "\r%zu/%zu chunks, %.0f MB/s   ", done, chunks.size(),
-                   mb_per_s(total.bytes, seconds_since(t0)));
-    }
-  });
-  std::fprintf(stderr, "\n");
-  return total;
+word_counts run_pool(coshard::process_pool& pool, const std::vector<chunk>& chunks, Count count) {
+  coshard::job_options options;
+  options.progress = coshard::progress_bar({.label = "count", .unit = "chunks"});
+  return pool.map_reduce(chunks, count, add_counts{}, word_counts{}, options);
 }
 
 /// The same map and reduce, one chunk after another in this process: --verify.
@@ -344,10 +327,9 @@ int main(int argc, char** argv) {
     std::printf("mode: %s\nworkers: %zu\n", text_mode ? "text" : "ngram", pool.size());
     std::fflush(stdout);  // before the progress line, when stdout is a file or pipe
 
-    const bool progress = !text_mode && ::isatty(STDERR_FILENO);
     auto t0 = std::chrono::steady_clock::now();
     const word_counts result =
-        text_mode ? run_pool(pool, chunks, count_text, false) : run_pool(pool, chunks, count_ngram, progress);
+        text_mode ? run_pool(pool, chunks, count_text) : run_pool(pool, chunks, count_ngram);
     const double seconds = seconds_since(t0);
     print_summary(result, files.size(), chunks.size(), seconds, top, lookups, text_mode);
 

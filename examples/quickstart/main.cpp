@@ -45,6 +45,15 @@ int main() {
   std::printf("2000 waits of 20 ms: %zu results in %lld ms (one at a time: 40000 ms)\n",
               lengths.size(), static_cast<long long>(ms.count()));
 
+  // Progress as batches return: one redrawn line on a terminal, a plain line
+  // every few seconds in a log (the final one only, for this 1.3 s job).
+  std::vector<std::string> urls(4000, "https://example.org/");
+  auto pages = pool.map(urls, [](std::string url) -> asio::awaitable<std::size_t> {
+    asio::steady_timer io_wait(co_await asio::this_coro::executor, 40ms);
+    co_await io_wait.async_wait(asio::use_awaitable);
+    co_return url.size();
+  }, {.progress = coshard::progress_bar({.label = "fetch", .show_after = 0ms, .unit = "pages"})});
+
   // A keyed reduce: word counts merged per key, in the workers and then here.
   std::vector<std::string> lines{"the cat sat", "the dog sat", "a cat ran"};
   auto counts = pool.map_reduce_by_key(lines, [](const std::string& line) {
@@ -113,21 +122,39 @@ int main() {
   const long one_result = one.get();
   std::printf("async_submit: 10000 tasks from 100 coroutines, sum = %ld; submit: %ld\n", submitted_sum, one_result);
 
-  // A task's exception comes back with its type, message, input index and worker.
+  // A task's exception comes back as its own type, and as a coshard::task_error
+  // with its message, input index and worker.
   bool caught = false;
   try {
     (void)pool.map(numbers, [](int x) {
       if (x == 4242) throw std::invalid_argument("no 4242 please");
       return x;
     });
-  } catch (const coshard::task_error& e) {
-    std::printf("task_error: %s\n", e.what());
-    caught = e.index() == 4241;
+  } catch (const std::invalid_argument& e) {
+    std::printf("std::invalid_argument: %s\n", e.what());
+    caught = coshard::task_error_of(e)->index() == 4241;
   }
+
+  // What a task prints reaches stderr as whole lines, each naming its worker.
+  (void)pool.map(std::vector<int>{1, 2}, [](int x) {
+    std::printf("hello from a task: input %d\n", x);
+    return x;
+  }, {.batch_size = 1});
+
+  // The pool's running totals.
+  const coshard::pool_stats stats = pool.stats();
+  std::chrono::nanoseconds busy{0};
+  for (auto b : stats.busy_per_worker) busy += b;
+  std::printf("stats: %zu jobs (%zu failed), %zu items in %zu batches, workers busy %.0f%% of %.1f s\n",
+              stats.jobs_started, stats.jobs_failed, stats.items_done + stats.items_failed, stats.batches,
+              100.0 * std::chrono::duration<double>(busy).count() /
+                  (std::chrono::duration<double>(stats.uptime).count() * static_cast<double>(stats.busy_per_worker.size())),
+              std::chrono::duration<double>(stats.uptime).count());
 
   // The answers, checked against what they must be (ctest runs this program).
   const long n = static_cast<long>(numbers.size());
   bool right = squares.back() == n * n && sum == n * (n + 1) / 2 && caught;
+  right = right && pages.size() == urls.size() && stats.jobs_failed == 1;
   right = right && lengths.size() == 2000 && std::all_of(lengths.begin(), lengths.end(), [](std::size_t l) {
             return l == 4;
           });

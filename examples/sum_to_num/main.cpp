@@ -47,6 +47,10 @@ int main(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
   bool all_right = true;
   std::size_t arrived = 0;
+  // A bar for runs longer than a second; each result line clears it first.
+  coshard::progress_bar bar({.label = "sums", .unit = "sums"});
+  coshard::job_options options;
+  options.progress = bar;
   const std::size_t delivered = pool.for_each_result(sizes, [](std::uint64_t n) { return sum_to_num(n); },
                        [&](std::size_t index, const timed_sum& r) {
                          const double since_start = std::chrono::duration<double>(
@@ -55,11 +59,14 @@ int main(int argc, char** argv) {
                          const bool right = r.sum == r.n * (r.n - 1) / 2;
                          all_right = all_right && right;
                          ++arrived;
+                         bar.clear();
                          std::printf("input %zu: sum_to_num(%llu) = %llu in %.3f s (arrived at %.3f s)%s\n",
                                      index, static_cast<unsigned long long>(r.n),
                                      static_cast<unsigned long long>(r.sum), r.seconds, since_start,
                                      right ? "" : "  WRONG");
-                       });
+                         std::fflush(stdout);
+                       },
+                       options);
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("all done in %.3f s\n", total);
   if (arrived != sizes.size() || delivered != sizes.size()) {

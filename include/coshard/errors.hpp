@@ -47,8 +47,11 @@ class item_error {
   [[nodiscard]] pid_t worker_pid() const noexcept { return worker_pid_; }
 
  protected:
+  /// For the concrete classes, which add the `std::exception` base.
   item_error(std::size_t index, pid_t worker_pid) noexcept : index_(index), worker_pid_(worker_pid) {}
+  /// Copied only as part of a concrete error.
   item_error(const item_error&) = default;
+  /// Assigned only as part of a concrete error.
   item_error& operator=(const item_error&) = default;
 
  private:
@@ -98,7 +101,9 @@ class task_error : public item_error {
         type_name_(std::move(type_name)),
         message_(std::move(message)),
         summary_(summary(type_name_, message_, index, worker_pid)) {}
+  /// Copied only as part of a concrete error.
   task_error(const task_error&) = default;
+  /// Assigned only as part of a concrete error.
   task_error& operator=(const task_error&) = default;
 
  private:

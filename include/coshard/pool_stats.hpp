@@ -13,14 +13,17 @@ namespace coshard {
 /// jobs run (as their batches come back), so a snapshot taken during a job
 /// shows it part done. A stream of submitted tasks counts as one job.
 struct pool_stats {
-  /// Jobs started, and how the ended ones ended: with their result, with an
-  /// error (an item's failure in map, a pool_error, ...), or cancelled.
+  /// Jobs started (those still running are started but not ended).
   std::size_t jobs_started = 0;
+  /// Jobs that ended with their result (map_settled: whatever its items did).
   std::size_t jobs_succeeded = 0;
+  /// Jobs that ended with an error: an item's failure in map, a pool_error, ...
   std::size_t jobs_failed = 0;
+  /// Jobs that ended cancelled (operation_aborted).
   std::size_t jobs_cancelled = 0;
-  /// Items whose result came back, and items that failed (as job_progress).
+  /// Items whose result came back (as job_progress::items_done).
   std::size_t items_done = 0;
+  /// Items that failed (as job_progress::items_failed).
   std::size_t items_failed = 0;
   /// Items sent to a worker again (as job_progress::items_retried).
   std::size_t items_retried = 0;
@@ -30,8 +33,9 @@ struct pool_stats {
   std::size_t batches = 0;
   /// Workers replaced while jobs ran (died, timed out, or retired).
   std::size_t workers_replaced = 0;
-  /// Payload bytes written to and read from the workers.
+  /// Payload bytes written to the workers.
   std::uint64_t bytes_sent = 0;
+  /// Payload bytes read back from the workers.
   std::uint64_t bytes_received = 0;
   /// Per worker slot: the time it held at least one batch not yet answered
   /// (the parent's view: the batch's travel is included). Its share of

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -44,30 +45,41 @@ struct progress_bar_options {
 /// `plain_interval`, and at the end. Each line is one write().
 ///
 /// Pass it as the job's callback: `pool.map(urls, fetch,
-/// coshard::job_options{.progress = coshard::progress_bar("crawl")})`. The
-/// job owns its copy, so one bar draws one job; a bar's state is not shared
-/// between copies. Write errors are ignored.
+/// coshard::job_options{.progress = coshard::progress_bar("crawl")})`.
+/// Copies share one bar (the job keeps a copy; yours can clear() the line
+/// before printing something else), so give each running job its own bar.
+/// Write errors are ignored. Not thread-safe: call clear() where the job
+/// runs (e.g. in a for_each_result sink).
 class progress_bar {
  public:
   /// A bar with `options`.
-  explicit progress_bar(progress_bar_options options = {}) : options_(std::move(options)) {}
+  explicit progress_bar(progress_bar_options options = {})
+      : state_(std::make_shared<state>(state{std::move(options), {}, false, {}})) {}
   /// A bar on stderr with `label` and the default options. (Not a
   /// std::string: a braced options list with two members could convert to one.)
   explicit progress_bar(const char* label) : progress_bar(progress_bar_options{.label = label}) {}
 
   /// Draws `p` (job_options::progress calls this).
   void operator()(const job_progress& p) {
-    if (!terminal_) terminal_ = ::isatty(options_.fd) == 1;
-    if (!drawn_ && p.elapsed < options_.show_after) return;  // a quick job, or not yet
-    if (!*terminal_ && !p.finished && drawn_ && p.elapsed - last_plain_ < options_.plain_interval) return;
+    state& st = *state_;
+    const bool terminal = is_terminal();
+    if (!st.drawn && p.elapsed < st.options.show_after) return;  // a quick job, or not yet
+    if (!terminal && !p.finished && st.drawn && p.elapsed - st.last_draw < st.options.plain_interval) return;
     std::string out;
-    if (*terminal_) out += '\r';
-    out += format(p, options_);
-    if (*terminal_) out += "\x1b[K";  // erase what a longer previous line left
-    if (!*terminal_ || p.finished) out += '\n';
+    if (terminal) out += '\r';
+    out += format(p, st.options);
+    if (terminal) out += "\x1b[K";  // erase what a longer previous line left
+    if (!terminal || p.finished) out += '\n';
     write_all(out);
-    drawn_ = true;
-    last_plain_ = p.elapsed;
+    st.drawn = true;
+    st.last_draw = p.elapsed;
+  }
+
+  /// On a terminal, erases the bar's line so that the next output starts on
+  /// a clean line; the next report draws the bar again below it. Does
+  /// nothing elsewhere (plain lines end with a newline already).
+  void clear() {
+    if (state_->drawn && is_terminal()) write_all("\r\x1b[K");
   }
 
   /// The text of one line for `p`, without control characters or newline:
@@ -112,8 +124,9 @@ class progress_bar {
     return out;
   }
   static std::string decimal(double v) {
+    if (v >= 100) return grouped(static_cast<std::size_t>(v + 0.5));
     char buf[32];
-    std::snprintf(buf, sizeof buf, v >= 100 ? "%.0f" : "%.1f", v);
+    std::snprintf(buf, sizeof buf, "%.1f", v);
     return buf;
   }
   // 75 -> "1:15"; 3725 -> "1:02:05"
@@ -126,19 +139,26 @@ class progress_bar {
       std::snprintf(buf, sizeof buf, "%lld:%02lld", s / 60, s % 60);
     return buf;
   }
+  bool is_terminal() {
+    if (!state_->terminal) state_->terminal = ::isatty(state_->options.fd) == 1;
+    return *state_->terminal;
+  }
   void write_all(std::string_view text) const noexcept {
     while (!text.empty()) {
-      const ssize_t n = ::write(options_.fd, text.data(), text.size());
+      const ssize_t n = ::write(state_->options.fd, text.data(), text.size());
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return;
       text.remove_prefix(static_cast<std::size_t>(n));
     }
   }
 
-  progress_bar_options options_;
-  std::optional<bool> terminal_;
-  bool drawn_ = false;
-  std::chrono::nanoseconds last_plain_{};
+  struct state {
+    progress_bar_options options;
+    std::optional<bool> terminal;
+    bool drawn = false;
+    std::chrono::nanoseconds last_draw{};
+  };
+  std::shared_ptr<state> state_;
 };
 
 }  // namespace coshard
