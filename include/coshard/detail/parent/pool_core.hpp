@@ -60,8 +60,12 @@ std::function<bool()> loop_thread_probe(const Executor& ex) {
 
 class pool_core : public std::enable_shared_from_this<pool_core> {
  public:
+  /// Makes the transport the pool's jobs run on, given the pool's own local
+  /// workers (a cluster adds remote ones); empty: those workers alone.
+  using transport_maker = std::function<std::unique_ptr<worker_transport>(worker_set&)>;
+
   /// Starts the supervisor and the workers (see worker_set).
-  explicit pool_core(const pool_options& options);
+  explicit pool_core(const pool_options& options, const transport_maker& make_transport = {});
 
   pool_core(const pool_core&) = delete;
   pool_core& operator=(const pool_core&) = delete;
@@ -228,12 +232,17 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
 
  public:
   worker_set workers;
-  /// The workers as the job engine sees them.
-  local_transport transport{workers};
-  /// Shares the workers between the jobs running at once.
+
+ private:
+  std::unique_ptr<worker_transport> transport_;
+
+ public:
+  /// The worker slots as the job engine sees them.
+  worker_transport& transport;
+  /// Shares the worker slots between the jobs running at once.
   slot_scheduler scheduler;
   /// The totals behind stats(), added to by every job.
-  pool_counters counters{workers.slots().size()};
+  pool_counters counters{transport.slot_count()};
   /// A blocking call runs its job here, on the calling thread (see take_home).
   asio::io_context io{1};
   std::atomic<std::uint64_t> job_counter{0};
@@ -255,8 +264,12 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
 };
 
 #if COSHARD_DEFINE_MACHINERY
-COSHARD_DECL pool_core::pool_core(const pool_options& options)
-    : owner_(current_pid()), workers(options), scheduler(workers.slots().size()) {}
+COSHARD_DECL pool_core::pool_core(const pool_options& options, const transport_maker& make_transport)
+    : owner_(current_pid()),
+      workers(options),
+      transport_(make_transport ? make_transport(workers) : std::make_unique<local_transport>(workers)),
+      transport(*transport_),
+      scheduler(transport.slot_count()) {}
 
 COSHARD_DECL pool_core::~pool_core() {
   if (background_thread_.joinable()) background_thread_.detach();  // only ever its own last owner

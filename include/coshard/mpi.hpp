@@ -1,0 +1,237 @@
+// coshard/mpi.hpp - the same jobs across the ranks of an MPI program.
+//
+// Needs MPI (link coshard::mpi, from find_package(coshard COMPONENTS mpi)).
+#pragma once
+
+#include <mpi.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "coshard/basic_pool.hpp"
+#include "coshard/detail/mpi/cluster_transport.hpp"
+#include "coshard/detail/mpi/mpi_link.hpp"
+#include "coshard/detail/mpi/rank_server.hpp"
+#include "coshard/process_pool.hpp"
+
+namespace coshard::mpi {
+
+/// Options of a cluster, meant for designated initializers.
+struct cluster_options {
+  /// Worker processes each rank forks (the root too).
+  std::size_t workers_per_rank = 1;
+  /// Awaitable items running at once inside one worker.
+  std::size_t concurrency = 64;
+  /// A rank that sends nothing for this long (it sends a heartbeat every
+  /// 500 ms while idle) is taken as lost: the jobs that need its workers fail
+  /// with pool_error naming it.
+  std::chrono::milliseconds rank_timeout{3000};
+  /// Everything else, as for a process_pool (batch_size, item_timeout,
+  /// max_retries, ...); its `workers` and `concurrency` are the two above.
+  pool_options pool{};
+};
+
+namespace detail {
+
+/// MPI's state for one process of a cluster: initialised first (before the
+/// pool base of cluster), finalised last.
+class mpi_session {
+ protected:
+  mpi_session(int& argc, char**& argv) {
+    int initialized = 0;
+    MPI_Initialized(&initialized);
+    if (!initialized) {
+      int provided = 0;
+      coshard::detail::check_mpi(MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
+      owns_mpi_ = true;
+      if (provided < MPI_THREAD_SERIALIZED)
+        throw pool_error("coshard: the MPI library does not provide MPI_THREAD_SERIALIZED");
+    }
+    coshard::detail::check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+  }
+  ~mpi_session() {
+    if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+    if (owns_mpi_) MPI_Finalize();
+  }
+  mpi_session(const mpi_session&) = delete;
+  mpi_session& operator=(const mpi_session&) = delete;
+
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0;
+  int size_ = 1;
+  bool owns_mpi_ = false;
+
+  // The root's side, made before its pool (whose transport uses the link).
+  asio::io_context io_{1};  // the MPI thread's loop: every MPI call after init
+  std::unique_ptr<coshard::detail::mpi_link> link_;
+  coshard::detail::cluster_transport* transport_ = nullptr;
+  std::thread thread_;
+  std::vector<std::chrono::steady_clock::time_point> heard_;  // MPI thread only
+  std::vector<bool> said_bye_;                                // MPI thread only
+  std::chrono::milliseconds rank_timeout_{3000};
+  std::chrono::milliseconds grace_{2000};
+  std::atomic<bool> stopping_{false};
+};
+
+}  // namespace detail
+
+/// A pool whose workers are spread over the ranks of an MPI program: every
+/// rank forks `workers_per_rank` workers, and the root (rank 0) schedules
+/// every job over all of them with the same engine as process_pool: adaptive
+/// batches pulled by whichever worker is free, reduce partials combined in
+/// the workers, crashing or poisoned items retried and isolated. The other
+/// ranks run no user code themselves; they relay frames between the root and
+/// their workers.
+///
+/// Every rank builds the cluster with the same options; the root then runs
+/// jobs (every job function of process_pool), the others call serve():
+/// \code
+/// coshard::mpi::cluster cluster{argc, argv, {.workers_per_rank = 2}};
+/// if (!cluster.is_root()) return cluster.serve();
+/// auto squares = cluster.map(numbers, [](long x) { return x * x; });
+/// \endcode
+/// Initialises MPI (MPI_THREAD_SERIALIZED) unless the program did, and
+/// finalises it if it did. Job functions may be called on the root only.
+class cluster : private detail::mpi_session, public basic_pool {
+ public:
+  /// Initialises MPI, forks this rank's workers and, on the root, starts the
+  /// MPI thread and waits for nothing more: remote workers join as their
+  /// ranks report them. Throws pool_error if MPI or a worker cannot start.
+  cluster(int& argc, char**& argv, cluster_options options = {})
+      : detail::mpi_session(argc, argv),
+        basic_pool(rank_ == 0 ? make_root(options) : nullptr) {
+    if (rank_ != 0) server_ = std::make_unique<coshard::detail::rank_server>(comm_, 0, local_options(options));
+  }
+
+  /// On the root: shuts the jobs down (as process_pool's destructor does),
+  /// then every rank's workers, then MPI. Never throws.
+  ~cluster() {
+    if (rank_ == 0) shut_down_root();
+  }
+
+  /// Whether this process is the root, the one that runs jobs.
+  [[nodiscard]] bool is_root() const noexcept { return rank_ == 0; }
+  /// This process's rank.
+  [[nodiscard]] int rank() const noexcept { return rank_; }
+  /// How many ranks there are.
+  [[nodiscard]] int ranks() const noexcept { return size_; }
+  /// Worker slots over all ranks (on the root).
+  [[nodiscard]] std::size_t size() const noexcept { return core_ ? core_->transport.slot_count() : 0; }
+
+  /// On a rank other than the root: relays frames between the root and this
+  /// rank's workers until the root's cluster is destroyed (or the root is
+  /// lost); returns the exit code for main. On the root: returns 0 at once.
+  int serve() { return server_ ? server_->serve() : 0; }
+
+ private:
+  static pool_options local_options(const cluster_options& o) {
+    pool_options p = o.pool;
+    p.workers = o.workers_per_rank;
+    p.concurrency = o.concurrency;
+    coshard::detail::validate_options(p);
+    return p;
+  }
+
+  std::shared_ptr<coshard::detail::pool_core> make_root(const cluster_options& o) {
+    if (o.workers_per_rank == 0) throw pool_error("coshard: cluster_options.workers_per_rank must be at least 1");
+    link_ = std::make_unique<coshard::detail::mpi_link>(
+        comm_, io_, [this](int source, const coshard::detail::cluster_message& m, std::span<const std::byte> body) {
+          on_message(source, m, body);
+        });
+    heard_.assign(static_cast<std::size_t>(size_), std::chrono::steady_clock::now());
+    said_bye_.assign(static_cast<std::size_t>(size_), false);
+    const std::vector<std::size_t> ranks(static_cast<std::size_t>(size_), o.workers_per_rank);
+    auto core = std::make_shared<coshard::detail::pool_core>(
+        local_options(o), [&](coshard::detail::worker_set& local) {
+          auto t = std::make_unique<coshard::detail::cluster_transport>(local, *link_, ranks, 0);
+          transport_ = t.get();
+          return t;
+        });
+    rank_timeout_ = o.rank_timeout;
+    grace_ = o.pool.shutdown_timeout;
+    asio::co_spawn(io_, link_->run(), asio::detached);
+    asio::co_spawn(io_, watch_ranks(), asio::detached);
+    thread_ = std::thread([this] { io_.run(); });
+    return core;
+  }
+
+  // On the MPI thread.
+  void on_message(int source, const coshard::detail::cluster_message& m, std::span<const std::byte> body) {
+    if (source <= 0 || source >= size_) return;
+    heard_[static_cast<std::size_t>(source)] = std::chrono::steady_clock::now();
+    using coshard::detail::cluster_op;
+    switch (m.op) {
+      case cluster_op::hello:
+      case cluster_op::heartbeat:
+        return;
+      case cluster_op::bye:
+        said_bye_[static_cast<std::size_t>(source)] = true;
+        return;
+      default:
+        if (transport_) transport_->on_worker_message(source, m, body);
+    }
+  }
+
+  // A rank silent for rank_timeout is lost: its workers' jobs fail.
+  asio::awaitable<void> watch_ranks() {
+    asio::steady_timer timer(io_);
+    std::vector<bool> lost(static_cast<std::size_t>(size_), false);
+    for (;;) {
+      timer.expires_after(std::chrono::milliseconds(250));
+      asio::error_code ec;
+      co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      if (stopping_) co_return;
+      const auto now = std::chrono::steady_clock::now();
+      for (int r = 1; r < size_; ++r) {
+        const auto i = static_cast<std::size_t>(r);
+        if (lost[i] || said_bye_[i] || now - heard_[i] < rank_timeout_) continue;
+        lost[i] = true;
+        transport_->lose_rank(r, "rank " + std::to_string(r) + " sent nothing for " +
+                                     std::to_string(rank_timeout_.count()) + " ms: it is lost (dead or stopped)");
+      }
+    }
+  }
+
+  void shut_down_root() noexcept {
+    try {
+      core_->shutdown(shutdown_mode::graceful);
+      const auto grace = grace_;
+      asio::post(io_, [this, grace] {
+        for (int r = 1; r < size_; ++r)
+          link_->send(r, {coshard::detail::cluster_op::shutdown, 0, 0, 0, static_cast<std::uint64_t>(grace.count())});
+      });
+      // Every rank says bye once its workers are reaped (bounded).
+      const auto until = std::chrono::steady_clock::now() + grace + std::chrono::seconds(3);
+      for (;;) {
+        bool all = true;
+        std::promise<bool> p;
+        auto f = p.get_future();
+        asio::post(io_, [this, &p] {
+          bool a = true;
+          for (int r = 1; r < size_; ++r) a = a && said_bye_[static_cast<std::size_t>(r)];
+          p.set_value(a);
+        });
+        all = f.get();
+        if (all || std::chrono::steady_clock::now() >= until) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+      stopping_ = true;
+      link_->stop();
+      thread_.join();
+      link_->flush(std::chrono::milliseconds(1000));
+    } catch (...) {
+    }
+  }
+
+  std::unique_ptr<coshard::detail::rank_server> server_;
+};
+
+}  // namespace coshard::mpi
