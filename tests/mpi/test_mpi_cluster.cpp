@@ -10,7 +10,9 @@
 #include <asio/co_spawn.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_future.hpp>
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -61,4 +63,124 @@ TEST_CASE("cluster: every rank's workers take part") {
   });
   std::set<long> supervisors(hosts.begin(), hosts.end());
   CHECK(supervisors.size() == 3);
+}
+
+TEST_CASE("cluster: map with a shared value, map_reduce, map_reduce_by_key") {
+  auto& c = *the_cluster;
+  const std::string prefix = "n";
+  auto named = c.map(iota_vector(1000), [](const std::string& p, long x) { return p + std::to_string(x); }, prefix);
+  CHECK(named[999] == "n999");
+  CHECK(c.map_reduce(iota_vector(100'000), [](long x) { return x; }, std::plus<>{}, 0L) == 99'999L * 100'000 / 2);
+  std::vector<std::string> lines(3000, "the cat sat on the mat");
+  auto counts = c.map_reduce_by_key(lines, [](const std::string& line) {
+    std::unordered_map<std::string, long> words;
+    std::size_t at = 0;
+    while (at < line.size()) {
+      const std::size_t end = std::min(line.find(' ', at), line.size());
+      ++words[line.substr(at, end - at)];
+      at = end + 1;
+    }
+    return words;
+  });
+  CHECK(counts["the"] == 6000);
+  CHECK(counts["mat"] == 3000);
+}
+
+TEST_CASE("cluster: map_settled keeps every success beside a poison item; map raises the lowest index") {
+  auto& c = *the_cluster;
+  auto settled = c.map_settled(iota_vector(5000), [](long x) {
+    if (x % 1000 == 777) throw std::invalid_argument("poison " + std::to_string(x));
+    return x;
+  });
+  int failed = 0;
+  for (std::size_t i = 0; i < settled.size(); ++i) {
+    if (settled[i].ok()) {
+      CHECK(settled[i].value() == static_cast<long>(i));
+      continue;
+    }
+    ++failed;
+    try {
+      std::rethrow_exception(settled[i].error());
+    } catch (const std::invalid_argument& e) {
+      CHECK(coshard::task_error_of(e)->index() == i);
+    }
+  }
+  CHECK(failed == 5);
+  try {
+    (void)c.map(iota_vector(5000), [](long x) { return x % 1000 == 777 ? throw std::out_of_range("no") : x; });
+    FAIL("no exception");
+  } catch (const std::out_of_range& e) {
+    CHECK(coshard::task_error_of(e)->index() == 777);
+  }
+}
+
+TEST_CASE("cluster: for_each_result, submit, async_submit and an async_map through use_future") {
+  auto& c = *the_cluster;
+  std::vector<bool> seen(2000, false);
+  const std::size_t n = c.for_each_result(iota_vector(2000), [](long x) { return x * 2; },
+                                          [&](std::size_t i, long v) { seen[i] = v == static_cast<long>(i) * 2; });
+  CHECK(n == 2000);
+  CHECK(std::all_of(seen.begin(), seen.end(), [](bool b) { return b; }));
+  CHECK(c.submit([](long x) { return x + 1; }, 41L).get() == 42);
+  std::vector<std::future<long>> futures;
+  for (long i = 0; i < 500; ++i) futures.push_back(c.async_submit([](long x) { return 3 * x; }, i, asio::use_future));
+  long sum = 0;
+  for (auto& f : futures) sum += f.get();
+  CHECK(sum == 3 * 499 * 500 / 2);
+  auto f = c.async_map(iota_vector(10'000), [](long x) -> asio::awaitable<long> { co_return x + 1; }, asio::use_future);
+  CHECK(f.get().back() == 10'000);
+}
+
+namespace {
+// Marks in /tmp shared by every rank of this machine: an item kills its
+// worker only the first time it runs (the file exists afterwards).
+bool first_time(const std::string& what) {
+  const std::string path = "/tmp/coshard-mpi-test-" + std::to_string(::getpgrp()) + "-" + what;
+  const int fd = ::open(path.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0600);
+  if (fd < 0) return false;
+  ::close(fd);
+  return true;
+}
+}  // namespace
+
+TEST_CASE("cluster: a crashing item is retried, a poison crash fails alone, on whichever rank it ran") {
+  auto& c = *the_cluster;
+  auto out = c.map_settled(iota_vector(3000), [](long x) {
+    if (x == 1234 && first_time("crash-once")) ::raise(SIGKILL);
+    if (x == 2345) ::raise(SIGSEGV);
+    return x;
+  }, coshard::job_options{.batch_size = 50});
+  CHECK(out[1234].ok());
+  CHECK(out[2999].value() == 2999);
+  REQUIRE(!out[2345].ok());
+  CHECK_THROWS_AS(std::rethrow_exception(out[2345].error()), coshard::worker_crashed);
+  const auto stats = c.stats();
+  CHECK(stats.workers_replaced >= 3);
+  // Every rank still serves.
+  CHECK(c.map(iota_vector(3000), [](long x) { return x; }).back() == 2999);
+}
+
+TEST_CASE("cluster: a cancelled job ends with operation_aborted; jobs from two threads run at once") {
+  auto& c = *the_cluster;
+  std::stop_source stop;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    stop.request_stop();
+  });
+  try {
+    (void)c.map(iota_vector(100'000), [](long x) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      return x;
+    }, coshard::job_options{.stop_token = stop.get_token()});
+    FAIL("not cancelled");
+  } catch (const std::system_error& e) {
+    CHECK(e.code() == asio::error::operation_aborted);
+  }
+  canceller.join();
+  std::vector<long> a, b;
+  std::thread other([&] { a = c.map(iota_vector(20'000), [](long x) { return x + 1; }); });
+  b = c.map(iota_vector(20'000), [](long x) { return x + 2; });
+  other.join();
+  CHECK(a.back() == 20'000);
+  CHECK(b.back() == 20'001);
 }

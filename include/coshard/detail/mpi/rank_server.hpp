@@ -157,15 +157,21 @@ class rank_server {
     s.outbox.clear();
     if (s.channel) s.channel->interrupt();
     s.channel.reset();
-    if (replace)
+    if (replace) {
       transport_.replace(w);
-    else
+      bring_up(w);  // the root waits for its `ready`
+    } else {
       transport_.release(w);
+    }
   }
 
   void bring_up(std::size_t w) {
     slot& s = slots_[w];
-    if (s.channel || s.starting) return;
+    if (s.channel) {  // ready already (its first `ready` may have come before the root listened)
+      link_.send(root_, {cluster_op::ready, static_cast<std::uint32_t>(w), transport_.pid(w), 0, 0});
+      return;
+    }
+    if (s.starting) return;
     s.starting = true;
     asio::co_spawn(io_, start_worker(w), asio::detached);
   }
