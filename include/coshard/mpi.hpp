@@ -76,6 +76,7 @@ class mpi_session {
   std::thread thread_;
   std::vector<std::chrono::steady_clock::time_point> heard_;  // MPI thread only
   std::vector<bool> said_bye_;                                // MPI thread only
+  std::vector<bool> lost_;                                    // MPI thread only
   std::chrono::milliseconds rank_timeout_{3000};
   std::chrono::milliseconds grace_{2000};
   std::atomic<bool> stopping_{false};
@@ -148,6 +149,7 @@ class cluster : private detail::mpi_session, public basic_pool {
         });
     heard_.assign(static_cast<std::size_t>(size_), std::chrono::steady_clock::now());
     said_bye_.assign(static_cast<std::size_t>(size_), false);
+    lost_.assign(static_cast<std::size_t>(size_), false);
     const std::vector<std::size_t> ranks(static_cast<std::size_t>(size_), o.workers_per_rank);
     auto core = std::make_shared<coshard::detail::pool_core>(
         local_options(o), [&](coshard::detail::worker_set& local) {
@@ -183,7 +185,7 @@ class cluster : private detail::mpi_session, public basic_pool {
   // A rank silent for rank_timeout is lost: its workers' jobs fail.
   asio::awaitable<void> watch_ranks() {
     asio::steady_timer timer(io_);
-    std::vector<bool> lost(static_cast<std::size_t>(size_), false);
+    std::vector<bool>& lost = lost_;
     for (;;) {
       timer.expires_after(std::chrono::milliseconds(250));
       asio::error_code ec;
@@ -194,8 +196,10 @@ class cluster : private detail::mpi_session, public basic_pool {
         const auto i = static_cast<std::size_t>(r);
         if (lost[i] || said_bye_[i] || now - heard_[i] < rank_timeout_) continue;
         lost[i] = true;
-        transport_->lose_rank(r, "rank " + std::to_string(r) + " sent nothing for " +
-                                     std::to_string(rank_timeout_.count()) + " ms: it is lost (dead or stopped)");
+        lost_[i] = true;
+        transport_->lose_rank(r, "rank " + std::to_string(r) + " is lost: it sent nothing for " +
+                                     std::to_string(rank_timeout_.count()) +
+                                     " ms (dead or stopped); the jobs that need its workers fail");
       }
     }
   }
@@ -216,7 +220,8 @@ class cluster : private detail::mpi_session, public basic_pool {
         auto f = p.get_future();
         asio::post(io_, [this, &p] {
           bool a = true;
-          for (int r = 1; r < size_; ++r) a = a && said_bye_[static_cast<std::size_t>(r)];
+          for (int r = 1; r < size_; ++r)
+            a = a && (said_bye_[static_cast<std::size_t>(r)] || lost_[static_cast<std::size_t>(r)]);
           p.set_value(a);
         });
         all = f.get();

@@ -17,10 +17,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <fstream>
 #include <future>
 #include <map>
 #include <numeric>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -183,4 +185,90 @@ TEST_CASE("cluster: a cancelled job ends with operation_aborted; jobs from two t
   other.join();
   CHECK(a.back() == 20'000);
   CHECK(b.back() == 20'001);
+}
+
+namespace {
+pid_t parent_of(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+  std::istringstream rest(line.substr(line.rfind(')') + 2));
+  char state;
+  pid_t ppid = -1;
+  rest >> state >> ppid;
+  return ppid;
+}
+}  // namespace
+
+// Run on its own (it ends the cluster's usefulness): ctest runs it as
+// test_mpi_rank_death, with Open MPI told to keep the job running when a
+// process dies.
+TEST_CASE("cluster: a rank killed mid-job fails the job with a pool_error naming the rank, within seconds",
+          "[.rank_death]") {
+  auto& c = *the_cluster;
+  // The ranks' pids: each worker's supervisor is a child of its rank.
+  auto supervisors = c.map(iota_vector(300), [](long) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return static_cast<long>(::getppid());
+  });
+  std::set<pid_t> ranks;
+  for (long s : supervisors) ranks.insert(parent_of(static_cast<pid_t>(s)));
+  ranks.erase(::getpid());
+  REQUIRE(ranks.size() == 2);
+  const pid_t victim = *ranks.rbegin();
+  std::thread killer([victim] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    ::kill(victim, SIGKILL);
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    (void)c.map(iota_vector(1'000'000), [](long x) {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+      return x;
+    });
+    FAIL("the job survived its rank");
+  } catch (const coshard::pool_error& e) {
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    INFO(e.what());
+    CHECK(std::string(e.what()).find("rank") != std::string::npos);
+    CHECK(seconds < 15);
+    WARN("the job failed " << seconds << " s after it started (the kill came at 0.5 s): " << e.what());
+  }
+  killer.join();
+}
+
+namespace {
+double cpu_seconds(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  std::istringstream rest(line.substr(line.rfind(')') + 2));
+  std::string field;
+  long utime = 0, stime = 0;
+  for (int i = 3; i <= 15; ++i) {
+    rest >> field;
+    if (i == 14) utime = std::stol(field);
+    if (i == 15) stime = std::stol(field);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+}  // namespace
+
+// A measurement, not a pass/fail test (docs/BENCHMARKS.md): the CPU an idle
+// rank uses (its MPI polling and heartbeats), over 10 s.
+TEST_CASE("cluster: the CPU of idle ranks", "[.idle_cpu]") {
+  auto& c = *the_cluster;
+  auto supervisors = c.map(iota_vector(300), [](long) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return static_cast<long>(::getppid());
+  });
+  std::set<pid_t> ranks;
+  for (long s : supervisors) ranks.insert(parent_of(static_cast<pid_t>(s)));
+  std::map<pid_t, double> before;
+  for (pid_t r : ranks) before[r] = cpu_seconds(r);
+  std::this_thread::sleep_for(std::chrono::seconds(10));
+  for (pid_t r : ranks)
+    WARN((r == ::getpid() ? "root" : "rank") << " pid " << r << ": " << (cpu_seconds(r) - before[r]) * 100 / 10
+                                             << "% of a core while idle");
 }

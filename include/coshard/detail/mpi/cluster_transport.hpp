@@ -49,6 +49,7 @@ struct remote_worker {
   std::deque<std::pair<frame_header, std::vector<std::byte>>> inbox;
   std::optional<worker_end> end;        // set by `ended` (or the rank's loss)
   std::optional<std::string> failure;   // why it could not start
+  bool lost = false;                    // its rank is gone: `failure` says how
   std::function<void()> waker;          // wakes the coroutine waiting on this worker
   worker_allowance allowance;
 
@@ -160,6 +161,7 @@ class cluster_transport final : public worker_transport {
       std::lock_guard lock(w->mutex);
       if (!w->end) w->end = worker_end{w->pid, unknown_wait_status, worker_status::none};
       w->failure = why;
+      w->lost = true;
       w->ready = false;
       w->wake();
     }
@@ -186,6 +188,7 @@ class cluster_transport final : public worker_transport {
     {
       std::lock_guard lock(w->mutex);
       if (w->ready && !w->end) co_return true;
+      if (w->lost) throw pool_error("coshard: " + *w->failure);
       if (w->failure && !w->starting) {
         const std::string why = *w->failure;
         w->failure.reset();
@@ -208,6 +211,7 @@ class cluster_transport final : public worker_transport {
     interrupt = nullptr;
     std::lock_guard lock(w->mutex);
     if (w->ready) co_return true;
+    if (w->lost) throw pool_error("coshard: " + *w->failure);
     if (w->failure) {
       const std::string why = *w->failure;
       w->starting = false;

@@ -25,6 +25,7 @@
 #include <deque>
 #include <functional>
 #include <list>
+#include <utility>
 #include <mutex>
 #include <span>
 #include <string>
@@ -63,6 +64,12 @@ struct cluster_message {
 };
 
 inline constexpr int cluster_tag = 4242;
+
+/// How often a rank tells the root it is alive.
+inline constexpr std::chrono::milliseconds heartbeat_interval{500};
+
+/// The longest pause between two polls once a process has been idle a while.
+inline constexpr std::chrono::microseconds deep_idle_poll{20'000};
 
 /// Throws pool_error naming `what` if an MPI call failed.
 inline void check_mpi(int rc, const char* what) {
@@ -105,19 +112,25 @@ class mpi_link {
   /// Moves messages until stop(); run it on the link's io_context.
   asio::awaitable<void> run() {
     std::chrono::microseconds pause{0};
+    auto idle_since = std::chrono::steady_clock::now();
     while (!stopping()) {
       bool moved = false;
       for (int i = 0; i < 64 && poll_once(); ++i) moved = true;
       moved = start_sends() || moved;
       moved = finish_sends() || moved;
+      if (std::exchange(active_, false)) idle_since = std::chrono::steady_clock::now();
       if (moved) {
         pause = std::chrono::microseconds(0);
         co_await asio::post(io_, asio::use_awaitable);  // let the other coroutines of this loop run
         continue;
       }
-      // Nothing moved: wait a little longer each time, up to idle_poll; a
-      // send() from another thread cuts the wait short.
-      pause = pause.count() == 0 ? std::chrono::microseconds(20) : std::min(pause * 2, idle_poll_);
+      // Nothing moved: wait a little longer each time, up to idle_poll, and
+      // after 200 ms without messages (heartbeats aside) up to deep_idle_poll; a send() from another
+      // thread cuts the wait short (a message from another rank waits for
+      // the next poll: at most deep_idle_poll after a quiet second).
+      const bool deep = std::chrono::steady_clock::now() - idle_since > std::chrono::milliseconds(200);
+      pause = pause.count() == 0 ? std::chrono::microseconds(20)
+                                 : std::min(pause * 2, deep ? deep_idle_poll : idle_poll_);
       timer_.expires_after(pause);
       asio::error_code ec;
       co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -181,6 +194,7 @@ class mpi_link {
     if (buffer_.size() < sizeof(cluster_message)) return true;  // not ours: dropped
     cluster_message m;
     std::memcpy(&m, buffer_.data(), sizeof m);
+    if (m.op != cluster_op::heartbeat) active_ = true;
     on_message_(status.MPI_SOURCE, m, std::span<const std::byte>(buffer_).subspan(sizeof m));
     return true;
   }
@@ -193,6 +207,9 @@ class mpi_link {
     }
     if (batch.empty()) return false;
     for (auto& o : batch) {
+      cluster_message m;
+      std::memcpy(&m, o.bytes.data(), sizeof m);
+      if (m.op != cluster_op::heartbeat) active_ = true;
       in_flight_.push_back(std::move(o));
       outgoing& f = in_flight_.back();
       check_mpi(MPI_Isend(f.bytes.data(), static_cast<int>(f.bytes.size()), MPI_BYTE, f.dest, cluster_tag, comm_,
@@ -226,6 +243,7 @@ class mpi_link {
   std::deque<outgoing> queued_;  // guarded by mutex_
   bool stop_ = false;            // guarded by mutex_
   std::list<outgoing> in_flight_;
+  bool active_ = false;  // a message other than a heartbeat moved since the last look
   std::vector<std::byte> buffer_;
 };
 

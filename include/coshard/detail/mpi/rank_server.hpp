@@ -194,14 +194,14 @@ class rank_server {
                std::as_bytes(std::span(failure.data(), failure.size())));
   }
 
-  // While idle the rank says it is alive, so that the root can tell a lost
+  // The rank says it is alive, so that the root can tell a lost
   // rank from a quiet one; it also gives up when the root has been silent
   // for long (a root that died without a word: Open MPI may not tell us).
   asio::awaitable<void> heartbeat() {
     asio::steady_timer timer(io_);
     while (!stopping_) {
       link_.send(root_, {cluster_op::heartbeat, 0, 0, 0, 0});
-      timer.expires_after(std::chrono::milliseconds(500));
+      timer.expires_after(heartbeat_interval);
       asio::error_code ec;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
