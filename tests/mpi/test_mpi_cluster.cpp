@@ -272,3 +272,12 @@ TEST_CASE("cluster: the CPU of idle ranks", "[.idle_cpu]") {
     WARN((r == ::getpid() ? "root" : "rank") << " pid " << r << ": " << (cpu_seconds(r) - before[r]) * 100 / 10
                                              << "% of a core while idle");
 }
+
+// Started by tests/mpi/sigterm_test.sh, which signals mpirun meanwhile.
+TEST_CASE("cluster: a long job, for the signal test", "[.long_job]") {
+  auto& c = *the_cluster;
+  (void)c.map(iota_vector(10'000'000), [](long x) {
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+    return x;
+  });
+}
