@@ -24,6 +24,8 @@ packages=(
   pkg-config           # the pkg-config package test
   gzip                 # ngram_count smoke test
   doxygen              # the API reference (ctest docs_reference)
+  libopenmpi-dev       # coshard::mpi (the cluster across MPI ranks) and its tests
+  openmpi-bin          # mpirun, which runs those tests on this machine
 )
 # Extra packages named on the command line (e.g. python3-doc for the crawler's
 # default site) are installed the same way.

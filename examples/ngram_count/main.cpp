@@ -23,6 +23,9 @@
 #include "ngram_counting.hpp"
 
 #include <coshard/coshard.hpp>
+#if COSHARD_EXAMPLE_MPI
+#include <coshard/mpi.hpp>
+#endif
 
 #include <CLI/CLI.hpp>
 #include <zlib.h>
@@ -188,7 +191,7 @@ double mb_per_s(std::uint64_t bytes, double seconds) {
 /// longer than a second shows a progress bar on stderr (chunks come back one
 /// per batch in ngram mode, so it moves with every chunk).
 template <class Count>
-word_counts run_pool(coshard::process_pool& pool, const std::vector<chunk>& chunks, Count count) {
+word_counts run_pool(coshard::basic_pool& pool, const std::vector<chunk>& chunks, Count count) {
   coshard::job_options options;
   options.progress = coshard::progress_bar({.label = "count", .unit = "chunks"});
   return pool.map_reduce(chunks, count, add_counts{}, word_counts{}, options);
@@ -272,12 +275,35 @@ int main(int argc, char** argv) {
   app.add_option("--size-mb", size_mb, "size of the generated file")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--seed", seed, "seed of the generator")->capture_default_str();
   app.add_option("--dict", dict, "word list the generator draws from")->capture_default_str();
+  bool use_mpi = false;
+  app.add_flag("--mpi", use_mpi,
+               "run across the ranks of an MPI job (start with mpirun): every rank forks --workers workers "
+               "(default 1), rank 0 counts");
   gen->excludes("inputs");
   CLI11_PARSE(app, argc, argv);
+#if !COSHARD_EXAMPLE_MPI
+  if (use_mpi) {
+    std::fprintf(stderr, "ngram_count: --mpi: this build has no MPI (install libopenmpi-dev and rebuild)\n");
+    return 2;
+  }
+#endif
 
   ngram::keep_large_blocks_in_heap();  // before the pool forks: the workers inherit it
 
   try {
+#if COSHARD_EXAMPLE_MPI
+    // Every rank builds the cluster first; all but the root then serve it.
+    std::unique_ptr<coshard::mpi::cluster> cluster;
+    if (use_mpi) {
+      coshard::mpi::cluster_options options{.workers_per_rank = workers ? workers : 1};
+      if (text_mode)
+        options.pool.target_batch_time = std::chrono::milliseconds(100);
+      else
+        options.pool.batch_size = 1;
+      cluster = std::make_unique<coshard::mpi::cluster>(argc, argv, options);
+      if (!cluster->is_root()) return cluster->serve();
+    }
+#endif
     const auto size_bytes = static_cast<std::uint64_t>(size_mb * 1024 * 1024);
     if (!generate_path.empty()) {
       const auto t0 = std::chrono::steady_clock::now();
@@ -318,18 +344,32 @@ int main(int argc, char** argv) {
     // own stretch of a sorted file: one chunk per batch lets the workers
     // finish together. Text files are small and share most of their words:
     // batches of about 100 ms fold many files into one partial in the worker.
-    coshard::pool_options options{.workers = workers};
-    if (text_mode)
-      options.target_batch_time = std::chrono::milliseconds(100);
-    else
-      options.batch_size = 1;
-    coshard::process_pool pool{std::move(options)};
-    std::printf("mode: %s\nworkers: %zu\n", text_mode ? "text" : "ngram", pool.size());
+    std::unique_ptr<coshard::process_pool> local;
+    coshard::basic_pool* pool = nullptr;
+    std::size_t pool_workers = 0;
+#if COSHARD_EXAMPLE_MPI
+    if (cluster) {
+      pool = cluster.get();
+      pool_workers = cluster->size();
+      std::printf("ranks: %d\n", cluster->ranks());
+    }
+#endif
+    if (!pool) {
+      coshard::pool_options options{.workers = workers};
+      if (text_mode)
+        options.target_batch_time = std::chrono::milliseconds(100);
+      else
+        options.batch_size = 1;
+      local = std::make_unique<coshard::process_pool>(std::move(options));
+      pool = local.get();
+      pool_workers = local->size();
+    }
+    std::printf("mode: %s\nworkers: %zu\n", text_mode ? "text" : "ngram", pool_workers);
     std::fflush(stdout);  // before the progress line, when stdout is a file or pipe
 
     auto t0 = std::chrono::steady_clock::now();
     const word_counts result =
-        text_mode ? run_pool(pool, chunks, count_text) : run_pool(pool, chunks, count_ngram);
+        text_mode ? run_pool(*pool, chunks, count_text) : run_pool(*pool, chunks, count_ngram);
     const double seconds = seconds_since(t0);
     print_summary(result, files.size(), chunks.size(), seconds, top, lookups, text_mode);
 

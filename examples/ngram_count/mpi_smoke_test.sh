@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# ngram_count --mpi under mpirun (root + 2 ranks, one worker each) counts a
+# generated file exactly as the local pool does.
+#   mpi_smoke_test.sh NGRAM_COUNT MPIEXEC
+set -euo pipefail
+ngram=$1 mpiexec=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"$ngram" --generate "$tmp/in.tsv" --size-mb 20 > /dev/null
+summary() { grep -E '^(files|chunks|bytes|lines|bad_lines|distinct_words|total|top [0-9]+|word):' "$1"; }
+"$ngram" --workers 2 --chunk-mb 1 --word Aardvark --word zebra "$tmp/in.tsv" > "$tmp/local.out"
+"$mpiexec" --oversubscribe -np 3 "$ngram" --mpi --chunk-mb 1 --word Aardvark --word zebra "$tmp/in.tsv" \
+  > "$tmp/mpi.out"
+grep -qx 'ranks: 3' "$tmp/mpi.out" || { echo "FAIL: not 3 ranks"; cat "$tmp/mpi.out"; exit 1; }
+grep -qx 'workers: 3' "$tmp/mpi.out" || { echo "FAIL: not 3 workers"; cat "$tmp/mpi.out"; exit 1; }
+if ! diff <(summary "$tmp/local.out") <(summary "$tmp/mpi.out"); then
+  echo "FAIL: the cluster's count differs from the local pool's"
+  exit 1
+fi
+echo "PASS: $(grep -E '^total:' "$tmp/mpi.out") over $(grep -E '^chunks:' "$tmp/mpi.out")"
