@@ -13,6 +13,9 @@
 //   crawler --url http://127.0.0.1:8080/     # any http:// server
 //   crawler --rounds 5                       # crawl, then re-fetch its pages 5 times (throughput)
 #include <coshard/coshard.hpp>
+#if COSHARD_EXAMPLE_MPI
+#include <coshard/mpi.hpp>
+#endif
 
 #include <CLI/CLI.hpp>
 
@@ -80,7 +83,7 @@ page_result failed_item(const std::string& url, const std::exception_ptr& error)
 }
 
 // One pool job over `urls`: a page_result per URL, in input order.
-std::vector<page_result> fetch_all(coshard::process_pool& pool, const std::vector<std::string>& urls,
+std::vector<page_result> fetch_all(coshard::basic_pool& pool, const std::vector<std::string>& urls,
                                    crawler::fetch_options opt, std::string label) {
   // Progress on stderr as pages come back: one redrawn line per round on a
   // terminal, one plain line per round (and every 5 s) in a log.
@@ -105,7 +108,7 @@ double seconds_since(clock_type::time_point t0) {
 
 // Breadth-first crawl from `start`, same host only, at most `max_pages`
 // URLs (0: no limit). Returns the pages in BFS order.
-std::vector<page_result> crawl(coshard::process_pool& pool, const crawler::url& start, std::size_t max_pages,
+std::vector<page_result> crawl(coshard::basic_pool& pool, const crawler::url& start, std::size_t max_pages,
                                crawler::fetch_options opt, totals& sum) {
   const auto t0 = clock_type::now();
   std::unordered_set<std::string> seen{start.str()};
@@ -179,7 +182,26 @@ int main(int argc, char** argv) {
   app.add_option("--concurrency", concurrency, "requests in flight per worker")->check(CLI::PositiveNumber);
   app.add_option("--timeout-ms", timeout_ms, "per-request timeout")->check(CLI::PositiveNumber);
   app.add_option("--csv", csv, "write url,status,title,links,words per page to this file");
+  bool use_mpi = false;
+  app.add_flag("--mpi", use_mpi,
+               "run across the ranks of an MPI job (start with mpirun): every rank forks --workers workers "
+               "(default 1), rank 0 crawls (with no --url it serves on 127.0.0.1: all ranks on one machine)");
   CLI11_PARSE(app, argc, argv);
+#if COSHARD_EXAMPLE_MPI
+  // Every rank builds the cluster first; all but the root then serve it.
+  std::unique_ptr<coshard::mpi::cluster> cluster;
+  if (use_mpi) {
+    coshard::mpi::cluster_options options{.workers_per_rank = workers ? workers : 1, .concurrency = concurrency};
+    options.pool.item_timeout = std::chrono::milliseconds(timeout_ms + 5'000);
+    cluster = std::make_unique<coshard::mpi::cluster>(argc, argv, options);
+    if (!cluster->is_root()) return cluster->serve();
+  }
+#else
+  if (use_mpi) {
+    std::fprintf(stderr, "crawler: --mpi: this build has no MPI (install libopenmpi-dev and rebuild)\n");
+    return 2;
+  }
+#endif
 
   std::optional<crawler::url> start;
   if (!start_url.empty()) {
@@ -201,9 +223,21 @@ int main(int argc, char** argv) {
   // The pool first: its workers are forked now, before the server's thread
   // exists. The item_timeout is only a backstop: each request has its own
   // deadline and reports a timeout as a page error.
-  coshard::process_pool pool{{.workers = workers,
-                              .concurrency = concurrency,
-                              .item_timeout = std::chrono::milliseconds(timeout_ms + 5'000)}};
+  std::unique_ptr<coshard::process_pool> local;
+  coshard::basic_pool* pool = nullptr;
+  std::size_t pool_workers = 0;
+#if COSHARD_EXAMPLE_MPI
+  if (cluster) {
+    pool = cluster.get();
+    pool_workers = cluster->size();
+  }
+#endif
+  if (!pool) {
+    local = std::make_unique<coshard::process_pool>(coshard::pool_options{
+        .workers = workers, .concurrency = concurrency, .item_timeout = std::chrono::milliseconds(timeout_ms + 5'000)});
+    pool = local.get();
+    pool_workers = local->size();
+  }
   std::unique_ptr<crawler::static_server> server;
   if (!start) {
     server = std::make_unique<crawler::static_server>(root);
@@ -214,9 +248,9 @@ int main(int argc, char** argv) {
   const crawler::fetch_options opt{.timeout_ms = timeout_ms,
                                    .max_idle = static_cast<std::uint32_t>(concurrency),
                                    .return_links = true};
-  std::printf("crawling %s with %zu workers x %zu concurrent\n", start->str().c_str(), pool.size(), concurrency);
+  std::printf("crawling %s with %zu workers x %zu concurrent\n", start->str().c_str(), pool_workers, concurrency);
   totals crawled;
-  std::vector<page_result> pages = crawl(pool, *start, max_pages, opt, crawled);
+  std::vector<page_result> pages = crawl(*pool, *start, max_pages, opt, crawled);
   print_totals("crawl", crawled);
 
   if (!csv.empty()) {
@@ -236,7 +270,7 @@ int main(int argc, char** argv) {
     for (std::size_t r = 1; r <= rounds; ++r) {
       totals one;
       const auto t0 = clock_type::now();
-      for (const auto& p : fetch_all(pool, urls, bench, "re-fetch " + std::to_string(r))) one.add(p);
+      for (const auto& p : fetch_all(*pool, urls, bench, "re-fetch " + std::to_string(r))) one.add(p);
       one.seconds = seconds_since(t0);
       const std::string label = "round " + std::to_string(r) + "/" + std::to_string(rounds);
       print_totals(label.c_str(), one);
