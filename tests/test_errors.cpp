@@ -169,3 +169,27 @@ TEST_CASE("error hierarchy lets callers catch by category") {
   CHECK_THROWS_AS(throw coshard::serialization_error("x"), coshard::pool_error);
   CHECK_THROWS_AS(throw coshard::pool_error("x"), std::runtime_error);
 }
+
+namespace {
+struct config_error : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+}  // namespace
+
+TEST_CASE("a registered type the caller does not know arrives as its nearest standard base") {
+  coshard::register_exception<config_error>();
+  coshard::detail::exception_description d;
+  try {
+    throw config_error("port missing");
+  } catch (...) {
+    d = coshard::detail::describe_current_exception();
+  }
+  CHECK(d.rebuild_as == "(anonymous namespace)::config_error");
+  CHECK(d.standard_base == "std::invalid_argument");
+  d.rebuild_as = "a type only the worker registered";
+  try {
+    std::rethrow_exception(coshard::detail::make_task_error(d, 3, 4));
+  } catch (const std::invalid_argument& e) {
+    CHECK(coshard::task_error_of(e)->message() == "port missing");
+  }
+}

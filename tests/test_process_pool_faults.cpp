@@ -1110,17 +1110,20 @@ TEST_CASE("progress_bar: elsewhere it writes plain lines, periodically and at th
   int pipe_fds[2];
   REQUIRE(::pipe(pipe_fds) == 0);
   with_pool({.workers = 2}, [&](coshard::process_pool& pool) {
+    const auto t0 = std::chrono::steady_clock::now();
     run_barred_job(pool, coshard::progress_bar({.label = "plain",
                                                 .fd = pipe_fds[1],
                                                 .show_after = std::chrono::milliseconds(0),
                                                 .plain_interval = std::chrono::milliseconds(200)}));
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const std::string bytes = read_available(pipe_fds[0]);
     INFO(bytes);
     CHECK(bytes.find('\r') == std::string::npos);
     CHECK(bytes.find('\x1b') == std::string::npos);
     const auto lines = render_terminal(bytes);
     CHECK(lines.size() >= 2);
-    CHECK(lines.size() <= 10);  // not one per report
+    // At most one per 200 ms and the last one; not one per report (every 100 ms).
+    CHECK(static_cast<double>(lines.size()) <= seconds / 0.2 + 2);
     for (const auto& l : lines) CHECK(l.rfind("plain  ", 0) == 0);
     CHECK(lines.back().find("100%") != std::string::npos);
     // The default show_after (1 s): a 10 ms job writes nothing.
@@ -1131,6 +1134,29 @@ TEST_CASE("progress_bar: elsewhere it writes plain lines, periodically and at th
   });
   ::close(pipe_fds[0]);
   ::close(pipe_fds[1]);
+}
+
+TEST_CASE("progress_bar: one bar draws several jobs one after another; a quick one stays silent") {
+  int pipe_fds[2];
+  REQUIRE(::pipe(pipe_fds) == 0);
+  coshard::progress_bar bar({.label = "again", .fd = pipe_fds[1], .plain_interval = std::chrono::seconds(1)});
+  coshard::job_progress p;
+  p.items_total = 10;
+  auto report = [&](double seconds, std::size_t done, bool finished) {
+    p.elapsed = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(seconds));
+    p.items_done = done;
+    p.finished = finished;
+    bar(p);
+  };
+  for (double t = 1.5; t < 5; t += 0.5) report(t, 3, false);  // job 1: lines at 1.5, 2.5, 3.5, 4.5 s
+  report(5, 10, true);
+  for (double t = 1.5; t < 3; t += 0.5) report(t, 3, false);  // job 2: lines at 1.5, 2.5 s
+  report(3, 10, true);
+  report(0.3, 10, true);  // job 3: under show_after
+  ::close(pipe_fds[1]);
+  const auto lines = render_terminal(read_available(pipe_fds[0]));
+  ::close(pipe_fds[0]);
+  CHECK(lines.size() == 5 + 3);
 }
 
 TEST_CASE("progress_bar: the line for an input of unknown size, and the ETA") {

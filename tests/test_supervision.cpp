@@ -141,8 +141,11 @@ TEST_CASE("workers hold no descriptor of the caller's but their channel and stdi
       CHECK(mine.count(t) == 0);
     }
     CHECK(std::count_if(sup.begin(), sup.end(), [](const std::string& t) { return t.rfind("socket:", 0) == 0; }) == 1);
-    CHECK(std::count_if(sup.begin(), sup.end(), [](const std::string& t) { return t.rfind("pipe:", 0) == 0; }) ==
-          2 * 2);
+    // (Not counting this process's stdio, which may be pipes too, e.g. under ctest.)
+    const std::set<std::string> stdio{fd_target(0), fd_target(1), fd_target(2)};
+    CHECK(std::count_if(sup.begin(), sup.end(), [&](const std::string& t) {
+            return t.rfind("pipe:", 0) == 0 && stdio.count(t) == 0;
+          }) == 2 * 2);
     CHECK(sup.size() <= 6 + 2 * 2);
     for (const auto& targets : seen) {
       for (const auto& t : targets) {
@@ -790,4 +793,80 @@ TEST_CASE("worker output: a line with no end arrives in 32 KiB pieces; a throwin
   CHECK(lines[1] == "after");
   for (std::size_t i = 2; i < 5; ++i) CHECK(lines[i] == std::string(32 * 1024, 'y'));
   CHECK(lines[5] == std::string(100 * 1024 - 3 * 32 * 1024, 'y'));
+}
+
+TEST_CASE("worker output: stderr nobody reads holds up the workers that print, not the supervisor's work") {
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  std::fflush(stderr);
+  const int saved = ::dup(2);
+  ::dup2(p[1], 2);
+  ::close(p[1]);
+  std::vector<coshard::outcome<long>> out;
+  std::string drained;
+  {
+    coshard::process_pool pool{{.workers = 2, .batch_size = 1, .max_retries = 0}};
+    ::dup2(saved, 2);  // the supervisor has the pipe; this process writes to its own stderr again
+    ::close(saved);
+    std::thread job([&] {
+      out = pool.map_settled(std::vector<long>{0, 1}, [](long x) {
+        if (x == 0) {
+          const std::string line(99, 'z');
+          for (int i = 0; i < 100'000; ++i) std::printf("%s\n", line.c_str());  // 10 MB: blocks for a while
+        } else {
+          std::this_thread::sleep_for(std::chrono::milliseconds(300));
+          std::abort();
+        }
+        return x;
+      });
+    });
+    // Nobody reads for 2 s: meanwhile the abort must be reaped and reported
+    // by the supervisor as what it was.
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    std::thread reader([&] {
+      char buf[65536];
+      ssize_t n;
+      while ((n = ::read(p[0], buf, sizeof buf)) > 0) drained.append(buf, static_cast<std::size_t>(n));
+    });
+    job.join();
+    pool.shutdown();
+    reader.join();  // EOF once the supervisor is gone
+  }
+  ::close(p[0]);
+  REQUIRE(out.size() == 2);
+  CHECK(out[0].ok());
+  REQUIRE(!out[1].ok());
+  try {
+    std::rethrow_exception(out[1].error());
+  } catch (const coshard::worker_crashed& e) {
+    CHECK(e.term_signal() == SIGABRT);  // not "killed with its supervisor"
+  }
+  // Every line came through whole.
+  std::size_t lines = 0, bad = 0;
+  std::size_t at = 0;
+  while (at < drained.size()) {
+    const std::size_t nl = drained.find('\n', at);
+    if (nl == std::string::npos) break;
+    const std::string line = drained.substr(at, nl - at);
+    at = nl + 1;
+    ++lines;
+    const std::size_t close = line.find("] ");
+    if (line.rfind("[worker ", 0) != 0 || close == std::string::npos || line.substr(close + 2) != std::string(99, 'z'))
+      ++bad;
+  }
+  CHECK(lines == 100'000);
+  CHECK(bad == 0);
+}
+
+TEST_CASE("worker output: a line of exactly 32 KiB whose newline comes later is one line") {
+  std::vector<std::string> lines;
+  const auto keep = [&](std::string_view l) { lines.emplace_back(l); };
+  const std::string piece(coshard::detail::max_output_line, 'x');
+  CHECK(coshard::detail::split_output_lines(piece, false, keep) == 0);  // waits: its newline may follow
+  CHECK(lines.empty());
+  CHECK(coshard::detail::split_output_lines(piece + "\nnext\n", false, keep) == piece.size() + 6);
+  CHECK(lines == std::vector<std::string>{piece, "next"});
+  lines.clear();
+  CHECK(coshard::detail::split_output_lines(piece + "y", false, keep) == piece.size());  // longer: cut
+  CHECK(lines == std::vector<std::string>{piece});
 }

@@ -71,9 +71,10 @@ class item_error {
 /// `coshard::task_error`, and `task_error_of(e)` or a `dynamic_cast` reaches
 /// these fields from any of them. A `std::system_error` keeps its code when
 /// its category is the generic or the system one. User types opt in with
-/// `coshard::register_exception` (coshard/exception_types.hpp). Anything else
-/// (`throw 42`, an unregistered type outside the standard hierarchy) arrives
-/// as a `std::runtime_error`. `what()` is always the one-line summary of the
+/// `coshard::register_exception` (coshard/exception_types.hpp). A thrown
+/// value that is no `std::exception` (`throw 42`) arrives as a
+/// `std::runtime_error`; a class derived from `std::exception` alone as a
+/// plain `std::exception`. `what()` is always the one-line summary of the
 /// fields, whichever base it is called through.
 class task_error : public item_error {
  public:

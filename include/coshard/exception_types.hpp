@@ -24,13 +24,15 @@ namespace coshard {
 /// forked workers, and before `serve_if_worker()` (e.g. first thing in
 /// `main`) for `start_method::exec` workers, which run `main` again. A worker
 /// that does not know `E` reports its nearest standard base; a caller that
-/// does not know it rebuilds a `std::runtime_error`. Types registered later
+/// does not know it rebuilds the nearest standard base. Types registered later
 /// are tried first, so register a base before the classes derived from it.
 /// Thread-safe; registering a type again replaces its factory.
 ///
 /// Errors: none at run time; `E` must derive from `std::exception`, be
-/// copy-constructible and not final (checked at compile time). If `make`
-/// throws in the caller, the failure arrives as a std::runtime_error.
+/// copy-constructible and not final (checked at compile time), and its
+/// `what()` must not be final either (coshard overrides it). If `make`
+/// throws in the caller, or the caller did not register `E`, the failure
+/// arrives as `E`'s nearest standard base.
 template <class E, class Make>
   requires std::invocable<const Make&, const std::string&> &&
            std::convertible_to<std::invoke_result_t<const Make&, const std::string&>, E>

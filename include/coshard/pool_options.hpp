@@ -86,15 +86,19 @@ struct pool_options {
   /// Whether lines that workers write to stdout and stderr are collected:
   /// each reaches the caller's stderr whole (lines of two workers never
   /// tear), prefixed "[worker SLOT pid PID] ", or goes to `worker_output`
-  /// when that is set. Workers' stdout is line-buffered, as on a terminal.
-  /// false: workers write straight to the caller's stdout and stderr, as
-  /// forked processes do.
+  /// when that is set. Workers' stdout is line-buffered, as on a terminal
+  /// (for stdio and std::cout unless the program calls
+  /// sync_with_stdio(false)). A reader that does not keep up slows only the
+  /// workers that print. false: workers write straight to the caller's
+  /// stdout and stderr, as forked processes do.
   bool capture_worker_output = true;
   /// Receives each collected line instead of the caller's stderr: on a thread
-  /// of the pool, one line at a time, in the order each worker wrote them.
-  /// It should return quickly: the workers' output waits for it. What it
-  /// throws is dropped. Every line is delivered before shutdown() (or the
-  /// destructor) returns.
+  /// of the pool, one line at a time, each stream's lines (a worker's stdout,
+  /// its stderr) in the order written. What it throws is dropped. A slow sink
+  /// delays only the lines (up to 16 MiB wait for it, then the workers that
+  /// print). Lines written before the workers exit are delivered before
+  /// shutdown() (or the destructor) returns, unless passing them on takes
+  /// more than half a second after the last worker's exit.
   std::function<void(const worker_output_line&)> worker_output{};
 };
 

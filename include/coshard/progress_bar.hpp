@@ -47,14 +47,15 @@ struct progress_bar_options {
 /// Pass it as the job's callback: `pool.map(urls, fetch,
 /// coshard::job_options{.progress = coshard::progress_bar("crawl")})`.
 /// Copies share one bar (the job keeps a copy; yours can clear() the line
-/// before printing something else), so give each running job its own bar.
+/// before printing something else), so give each running job its own bar;
+/// one bar may draw several jobs one after another.
 /// Write errors are ignored. Not thread-safe: call clear() where the job
 /// runs (e.g. in a for_each_result sink).
 class progress_bar {
  public:
   /// A bar with `options`.
   explicit progress_bar(progress_bar_options options = {})
-      : state_(std::make_shared<state>(state{std::move(options), {}, false, {}})) {}
+      : state_(std::make_shared<state>(state{std::move(options), {}, false, {}, false})) {}
   /// A bar on stderr with `label` and the default options. (Not a
   /// std::string: a braced options list with two members could convert to one.)
   explicit progress_bar(const char* label) : progress_bar(progress_bar_options{.label = label}) {}
@@ -62,6 +63,8 @@ class progress_bar {
   /// Draws `p` (job_options::progress calls this).
   void operator()(const job_progress& p) {
     state& st = *state_;
+    if (p.elapsed < st.last_draw || st.finished)
+      st = state{std::move(st.options), st.terminal, false, {}, false};  // a new job
     const bool terminal = is_terminal();
     if (!st.drawn && p.elapsed < st.options.show_after) return;  // a quick job, or not yet
     if (!terminal && !p.finished && st.drawn && p.elapsed - st.last_draw < st.options.plain_interval) return;
@@ -73,6 +76,7 @@ class progress_bar {
     write_all(out);
     st.drawn = true;
     st.last_draw = p.elapsed;
+    st.finished = p.finished;
   }
 
   /// On a terminal, erases the bar's line so that the next output starts on
@@ -157,6 +161,7 @@ class progress_bar {
     std::optional<bool> terminal;
     bool drawn = false;
     std::chrono::nanoseconds last_draw{};
+    bool finished = false;  // the last job drawn has ended: the next call starts another
   };
   std::shared_ptr<state> state_;
 };

@@ -34,6 +34,7 @@ struct exception_description {
   std::string type_name;   // demangled dynamic type of the thrown object
   std::string message;     // its what(), empty for non-std::exception throws
   std::string rebuild_as{};  // name of the registered type to rebuild it as; empty: std::runtime_error
+  std::string standard_base{};  // the nearest standard type, should the caller not know rebuild_as
   std::int32_t code = 0;   // std::system_error: the error code's value ...
   std::string category{};  // ... and its category's name()
 };
@@ -145,12 +146,15 @@ inline void add_user_exception_type(exception_type_entry entry) {
   }
 }
 
-/// The nearest registered type `e` is an instance of: user types first
-/// (newest first), then the standard ones. Null if none (never for a
-/// std::exception, which is in the table).
-inline const exception_type_entry* nearest_exception_type(const std::exception& e) {
+/// The nearest user-registered type `e` is an instance of (newest first), or null.
+inline const exception_type_entry* nearest_user_type(const std::exception& e) {
   for (auto* u = user_exception_types().load(std::memory_order_acquire); u; u = u->next)
     if (u->matches(e)) return u;
+  return nullptr;
+}
+
+/// The nearest standard type `e` is an instance of (std::exception at worst).
+inline const exception_type_entry* nearest_standard_type(const std::exception& e) {
   for (const auto& s : standard_exception_types())
     if (s.matches(e)) return &s;
   return nullptr;
@@ -171,8 +175,12 @@ inline exception_description describe_current_exception() {
   try {
     throw;
   } catch (const std::exception& e) {
-    exception_description d{demangle(typeid(e).name()), e.what(), {}, 0, {}};
-    if (const auto* type = nearest_exception_type(e)) d.rebuild_as = type->name;
+    exception_description d;
+    d.type_name = demangle(typeid(e).name());
+    d.message = e.what();
+    if (const auto* standard = nearest_standard_type(e)) d.standard_base = standard->name;
+    const auto* user = nearest_user_type(e);
+    d.rebuild_as = user ? user->name : d.standard_base;
     if (const auto* se = dynamic_cast<const std::system_error*>(&e)) {
       d.code = se->code().value();
       d.category = se->code().category().name();
@@ -180,19 +188,24 @@ inline exception_description describe_current_exception() {
     return d;
   } catch (...) {
     const std::type_info* t = abi::__cxa_current_exception_type();
-    return {t ? demangle(t->name()) : std::string("unknown exception"), std::string(), {}, 0, {}};
+    exception_description d;
+    d.type_name = t ? demangle(t->name()) : std::string("unknown exception");
+    return d;
   }
 }
 
 /// The exception the caller sees for a task that failed as `d` described:
-/// of the type named by `d.rebuild_as` (std::runtime_error if it names none
-/// this process knows), and a task_error.
+/// of the type named by `d.rebuild_as`, or if this process does not know it
+/// (or its factory throws) of `d.standard_base`, or else std::runtime_error;
+/// and a task_error.
 inline std::exception_ptr make_task_error(const exception_description& d, std::size_t index, pid_t pid) {
-  if (const auto* type = exception_type_named(d.rebuild_as)) {
-    try {
-      return type->rebuild(d, index, pid);
-    } catch (...) {
-      // A user's factory threw: the caller still gets the task's failure.
+  for (const std::string* name : {&d.rebuild_as, &d.standard_base}) {
+    if (const auto* type = exception_type_named(*name)) {
+      try {
+        return type->rebuild(d, index, pid);
+      } catch (...) {
+        // A user's factory threw: the caller still gets the task's failure.
+      }
     }
   }
   return std::make_exception_ptr(remote_task_error<std::runtime_error>(std::runtime_error(d.message), d, index, pid));

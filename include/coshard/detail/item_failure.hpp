@@ -26,6 +26,7 @@ inline void encode_failure(byte_buffer& out, const item_failure& f) {
   encode_value(out, f.what.type_name);
   encode_value(out, f.what.message);
   encode_value(out, f.what.rebuild_as);
+  encode_value(out, f.what.standard_base);
   encode_value(out, f.what.code);
   encode_value(out, f.what.category);
 }
@@ -40,6 +41,7 @@ inline item_failure decode_failure(input_archive& in) {
   f.what.type_name = decode_one<std::string>(in);
   f.what.message = decode_one<std::string>(in);
   f.what.rebuild_as = decode_one<std::string>(in);
+  f.what.standard_base = decode_one<std::string>(in);
   f.what.code = decode_one<std::int32_t>(in);
   f.what.category = decode_one<std::string>(in);
   return f;

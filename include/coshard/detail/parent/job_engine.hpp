@@ -449,13 +449,18 @@ class job_engine {
       if (ended) return;
       *self = nullptr;
       if (j.shape_.streaming) j.detach_input_wake();
-      for (std::size_t i = 0; i < j.channels_.size(); ++i)
+      for (std::size_t i = 0; i < j.channels_.size(); ++i) {
+        if (!j.channels_[i].held.empty()) j.worker_idle(i);
         if (j.channels_[i].leased) {
           j.channels_[i].leased = false;
           j.transport_.release(i);
           j.scheduler_.release(*j.tenant_, i, j.channels_[i].yielding);
         }
+      }
       j.scheduler_.leave(*j.tenant_);
+      // The pool's totals: the job ends here, given up on with its loop.
+      j.flush_counters();
+      j.counters_.job_ended(pool_counters::job_end::cancelled);
     }
   };
   // A serving coroutine's channel is forgotten however the coroutine leaves

@@ -3,6 +3,10 @@
 // and the link that asks it for workers and hears how they ended.
 #pragma once
 
+#include <condition_variable>
+#include <deque>
+#include <string_view>
+
 #include "coshard/detail/supervisor/supervisor_process.hpp"
 #include "coshard/detail/worker_status.hpp"
 
@@ -88,6 +92,7 @@ class supervisor_link {
                        std::strerror(err));
     }
     await_hello(startup_timeout, launch.exit_hint);
+    if (output_sink_) sink_thread_ = std::thread([this] { deliver_output(); });
     reader_ = std::thread([this] { read_reports(); });
   }
 
@@ -173,6 +178,7 @@ class supervisor_link {
     }
     ::shutdown(control_, SHUT_RDWR);  // the reader sees EOF
     if (reader_.joinable()) reader_.join();
+    finish_output();
     ::close(control_);
     ::close(pidfd_);
     control_ = pidfd_ = -1;
@@ -185,6 +191,7 @@ class supervisor_link {
       // Never joined or destroyed: no such thread runs in this process.
       keep_until_exit(std::move(reader_));
     }
+    if (sink_thread_.joinable()) keep_until_exit(std::move(sink_thread_));
     if (control_ >= 0) ::close(control_);
     if (pidfd_ >= 0) ::close(pidfd_);
     control_ = pidfd_ = -1;
@@ -276,37 +283,73 @@ class supervisor_link {
     }
   }
 
-  // The datagram of lines after an `output` message, handed to the sink a
-  // line at a time.
-  void deliver_output(const supervisor_message& m) noexcept {
-    ssize_t n;
-    do {
-      n = ::recv(control_, output_buffer_.data(), output_buffer_.size(), 0);
-    } while (n < 0 && errno == EINTR);
-    if (n <= 0 || !output_sink_) return;
-    worker_output_line line;
-    line.slot = m.slot;
-    line.pid = m.pid;
-    line.stream = m.arg;
-    std::string_view lines(output_buffer_.data(), static_cast<std::size_t>(n));
-    while (!lines.empty()) {
-      const std::size_t nl = lines.find('\n');
-      line.text = lines.substr(0, nl);
-      lines.remove_prefix(nl == std::string_view::npos ? lines.size() : nl + 1);
-      try {
-        output_sink_(line);
-      } catch (...) {
-        // Documented: what the sink throws is dropped.
+  // Lines from the supervisor wait here for the sink's thread, so that a
+  // slow sink never holds up the reports jobs wait for. Past this many bytes
+  // the reader waits for the sink after all (the supervisor then keeps the
+  // lines, and the workers that print wait).
+  static constexpr std::size_t max_queued_output = 16u << 20;
+
+  void queue_output(const supervisor_message& m, std::string_view lines) {
+    std::unique_lock lock(output_mutex_);
+    output_room_.wait(lock, [&] { return output_bytes_ < max_queued_output || !output_sink_running_; });
+    if (!output_sink_running_) return;
+    output_bytes_ += lines.size();
+    output_queue_.push_back({m.slot, m.pid, m.arg, std::string(lines)});
+    output_ready_.notify_one();
+  }
+
+  // The sink's thread: one line at a time, in arrival order, until the
+  // reader is done and the queue is empty.
+  void deliver_output() noexcept {
+    for (;;) {
+      queued_lines q;
+      {
+        std::unique_lock lock(output_mutex_);
+        output_ready_.wait(lock, [&] { return !output_queue_.empty() || output_closed_; });
+        if (output_queue_.empty()) break;
+        q = std::move(output_queue_.front());
+        output_queue_.pop_front();
+        output_bytes_ -= q.lines.size();
+        output_room_.notify_one();
+      }
+      worker_output_line line;
+      line.slot = q.slot;
+      line.pid = q.pid;
+      line.stream = q.stream;
+      std::string_view lines(q.lines);
+      while (!lines.empty()) {
+        const std::size_t nl = lines.find('\n');
+        line.text = lines.substr(0, nl);
+        lines.remove_prefix(nl == std::string_view::npos ? lines.size() : nl + 1);
+        try {
+          output_sink_(line);
+        } catch (...) {
+          // Documented: what the sink throws is dropped.
+        }
       }
     }
+    std::lock_guard lock(output_mutex_);
+    output_sink_running_ = false;
+    output_room_.notify_all();
+  }
+
+  // After the reader's end: the sink gets what is queued, then its thread ends.
+  void finish_output() noexcept {
+    {
+      std::lock_guard lock(output_mutex_);
+      output_closed_ = true;
+      output_ready_.notify_all();
+    }
+    if (sink_thread_.joinable()) sink_thread_.join();
   }
 
   void read_reports() noexcept {
     supervisor_message m;
     int fd = -1;
-    while (receive_message(control_, m, fd)) {
+    std::size_t extra = 0;
+    while (receive_message(control_, m, fd, output_buffer_, &extra)) {
       if (m.op == supervisor_op::output) {
-        deliver_output(m);
+        if (output_sink_) queue_output(m, std::string_view(output_buffer_.data(), extra));
         continue;
       }
       std::shared_ptr<oneshot<spawn_result>> spawn;
@@ -356,6 +399,19 @@ class supervisor_link {
   int pidfd_ = -1;
   std::function<void(const worker_output_line&)> output_sink_;
   std::vector<char> output_buffer_ = std::vector<char>(max_output_datagram);
+  struct queued_lines {
+    std::uint32_t slot = 0;
+    pid_t pid = 0;
+    int stream = 0;
+    std::string lines;
+  };
+  std::mutex output_mutex_;
+  std::condition_variable output_ready_, output_room_;
+  std::deque<queued_lines> output_queue_;  // guarded by output_mutex_
+  std::size_t output_bytes_ = 0;           // guarded by output_mutex_
+  bool output_closed_ = false;             // guarded by output_mutex_
+  bool output_sink_running_ = true;        // guarded by output_mutex_
+  std::thread sink_thread_;
   std::thread reader_;
   std::mutex mutex_;
   bool alive_ = true;

@@ -25,6 +25,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <span>
 #include <string_view>
 #include <utility>
 #include <thread>
@@ -61,7 +62,7 @@ enum class supervisor_op : std::uint32_t {
   exited = 12,        // worker `pid` was reaped; `arg` is its wait status
   hello = 13,         // the supervisor is ready to serve (its first message)
   start_failed = 14,  // it cannot serve; one text datagram saying why follows
-  output = 15,        // worker `pid` in `slot` wrote lines to stream `arg` (1, 2); one datagram of them follows
+  output = 15,        // worker `pid` in `slot` wrote lines to stream `arg` (1, 2): they follow in the same datagram
 };
 
 /// Where workers' output goes.
@@ -108,13 +109,17 @@ inline bool send_message(int fd, const supervisor_message& m, int pass_fd = -1, 
 }
 
 /// Receives one message (and the descriptor it carries, close-on-exec, into
-/// `got_fd`). Returns false on EOF or error.
-inline bool receive_message(int fd, supervisor_message& m, int& got_fd) noexcept {
+/// `got_fd`; the bytes after the message, such as an `output` message's
+/// lines, into `extra`, their count into `extra_size`). Returns false on EOF
+/// or error.
+inline bool receive_message(int fd, supervisor_message& m, int& got_fd, std::span<char> extra = {},
+                            std::size_t* extra_size = nullptr) noexcept {
   got_fd = -1;
-  iovec iov{&m, sizeof m};
+  if (extra_size) *extra_size = 0;
+  iovec iov[2] = {{&m, sizeof m}, {extra.data(), extra.size()}};
   msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
+  msg.msg_iov = iov;
+  msg.msg_iovlen = extra.empty() ? 1 : 2;
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
   msg.msg_control = control;
   msg.msg_controllen = sizeof control;
@@ -124,11 +129,12 @@ inline bool receive_message(int fd, supervisor_message& m, int& got_fd) noexcept
   } while (n < 0 && errno == EINTR);
   for (cmsghdr* c = n > 0 ? CMSG_FIRSTHDR(&msg) : nullptr; c; c = CMSG_NXTHDR(&msg, c))
     if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) std::memcpy(&got_fd, CMSG_DATA(c), sizeof(int));
-  if (n != static_cast<ssize_t>(sizeof m)) {
+  if (n < static_cast<ssize_t>(sizeof m) || (extra.empty() && n != static_cast<ssize_t>(sizeof m))) {
     if (got_fd >= 0) ::close(got_fd);
     got_fd = -1;
     return false;
   }
+  if (extra_size) *extra_size = static_cast<std::size_t>(n) - sizeof m;
   return true;
 }
 
@@ -139,13 +145,22 @@ inline void send_text(int fd, const std::string& text) noexcept {
   }
 }
 
-/// Sends an `output` message and its datagram of lines (each ending in
-/// '\n', at most max_output_datagram bytes). Blocks until the owner has room.
-inline bool send_output(int fd, std::uint32_t slot, pid_t pid, int stream, std::string_view lines) noexcept {
-  if (!send_message(fd, {supervisor_op::output, slot, lines.size(), pid, stream})) return false;
+enum class send_result { sent, full, gone };
+
+/// Sends an `output` message with its lines (each ending in '\n', at most
+/// max_output_datagram bytes) as one datagram, so that a full socket can
+/// refuse it whole (`flags` MSG_DONTWAIT: `full`).
+inline send_result send_output(int fd, std::uint32_t slot, pid_t pid, int stream, std::string_view lines,
+                               int flags) noexcept {
+  supervisor_message m{supervisor_op::output, slot, lines.size(), pid, stream};
+  iovec iov[2] = {{&m, sizeof m}, {const_cast<char*>(lines.data()), lines.size()}};
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = 2;
   for (;;) {
-    if (::send(fd, lines.data(), lines.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(lines.size())) return true;
-    if (errno != EINTR) return false;
+    if (::sendmsg(fd, &msg, MSG_NOSIGNAL | flags) >= 0) return send_result::sent;
+    if (errno == EINTR) continue;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? send_result::full : send_result::gone;
   }
 }
 

@@ -6,6 +6,12 @@
 // worker event, so one writer puts whole lines on the caller's stderr (two
 // workers' lines never tear, whatever their length) without a thread in the
 // caller; and a user's sink gets them over the control socket it already has.
+//
+// The supervisor never blocks on output: lines wait in a bounded buffer and
+// go out when poll says stderr (or the control socket) has room. While the
+// buffer is full, the workers' pipes are not read, so a reader that does not
+// keep up slows the workers that print, never the supervisor's own work
+// (reaping, spawning, killing).
 #pragma once
 
 #include <fcntl.h>
@@ -15,7 +21,10 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <chrono>
+#include <climits>
 #include <cstdio>
+#include <deque>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -41,14 +50,17 @@ struct worker_pipes {
 /// Calls `line(text)` for each line of `text` (a run of lines each ending in
 /// '\n', the last one possibly not), splitting lines longer than
 /// max_output_line. Returns how many bytes were used: all of them if
-/// `at_end`, else up to the last newline or last whole max_output_line piece.
+/// `at_end`, else up to the last newline or last whole max_output_line piece
+/// (a piece of exactly that length is passed on only once more follows it,
+/// so that a newline arriving in the next read ends it rather than making
+/// an empty line).
 template <class Line>
 std::size_t split_output_lines(std::string_view text, bool at_end, Line&& line) {
   std::size_t pos = 0;
   while (pos < text.size()) {
     const std::size_t nl = text.find('\n', pos);
     const std::size_t end = nl == std::string_view::npos ? text.size() : nl;
-    if (end - pos >= max_output_line) {
+    if (end - pos > max_output_line || (end - pos == max_output_line && nl != std::string_view::npos)) {
       line(text.substr(pos, max_output_line));
       pos += max_output_line;
       if (pos == end && nl != std::string_view::npos) ++pos;  // the newline ended exactly that piece
@@ -113,29 +125,46 @@ class output_relay {
     close_pipe(p.err);
   }
 
-  /// Appends a pollfd per open stream; serve() takes them back in that order.
+  /// Appends a pollfd for where waiting lines go (if any wait), then one per
+  /// open stream (asking for nothing while the buffer is full); serve()
+  /// takes them back in that order.
   void add_poll_fds(std::vector<pollfd>& fds) const {
-    for (const auto& s : streams_) fds.push_back({s.fd, POLLIN, 0});
+    fds.push_back({waiting_.empty() ? -1 : destination(), POLLOUT, 0});
+    const short in = waiting_.size() < max_waiting ? short(POLLIN) : short(0);
+    for (const auto& s : streams_) fds.push_back({s.fd, in, 0});
   }
 
-  /// Reads every stream whose pollfd (as added by add_poll_fds) is ready,
-  /// once each, so that a chatty worker cannot starve the others.
+  /// Passes waiting lines on if there is room, then reads every stream whose
+  /// pollfd is ready, once each, so that a chatty worker cannot starve the
+  /// others.
   void serve(const pollfd* fds, std::size_t n) {
-    for (std::size_t i = 0; i < n && i < streams_.size(); ++i)
-      if (fds[i].revents) read_once(streams_[i]);
+    if (n == 0) return;
+    if (fds[0].revents) flush_some();
+    for (std::size_t i = 1; i < n && i - 1 < streams_.size(); ++i)
+      if (fds[i].revents) read_once(streams_[i - 1]);
     erase_closed();
   }
 
-  /// Before the supervisor exits: passes on whatever is left, without waiting
-  /// for a writer that still holds a pipe open (a worker's own child).
-  void drain() noexcept {
+  /// Before the supervisor exits: reads what the pipes hold now (not what a
+  /// writer that outlives its worker, such as a worker's own child, writes
+  /// later) and passes it on, waiting at most `limit` for room.
+  void drain(std::chrono::milliseconds limit) noexcept {
     try {
-      for (auto& s : streams_)
-        while (s.fd >= 0 && read_once(s)) {
+      for (auto& s : streams_) {
+        for (int reads = 0; s.fd >= 0 && reads < 64 && read_once(s); ++reads) {
         }
-      for (auto& s : streams_)
         if (s.fd >= 0) finish(s);
+      }
       erase_closed();
+      const auto until = std::chrono::steady_clock::now() + limit;
+      while (!waiting_.empty() && owner_open_) {
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+        if (left.count() <= 0) break;
+        pollfd p{destination(), POLLOUT, 0};
+        if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) break;
+        if (!flush_some()) break;
+      }
     } catch (...) {
     }
   }
@@ -182,47 +211,88 @@ class output_relay {
     std::erase_if(streams_, [](const stream& s) { return s.fd < 0; });
   }
 
+  // Queues the whole lines of `s` (all of it `at_end`) to be passed on.
   void pass_on(stream& s, bool at_end) {
-    out_.clear();
     const std::size_t used = split_output_lines(s.pending, at_end, [&](std::string_view line) {
       if (route_ == output_route::prefixed_stderr) {
-        out_ += "[worker " + std::to_string(s.slot) + " pid " + std::to_string(s.pid) + "] ";
-      } else if (out_.size() + line.size() + 1 > max_output_datagram) {
-        send_to_owner(s);
+        if (waiting_.empty() || waiting_.back().text.size() >= max_output_datagram) waiting_.emplace_back();
+        std::string& out = waiting_.back().text;
+        out += "[worker " + std::to_string(s.slot) + " pid " + std::to_string(s.pid) + "] ";
+        out.append(line);
+        out += '\n';
+        return;
       }
-      out_.append(line);
-      out_ += '\n';
+      // To the owner: datagrams of one stream's lines, at most max_output_datagram each.
+      if (waiting_.empty() || waiting_.back().slot != s.slot || waiting_.back().pid != s.pid ||
+          waiting_.back().which != s.which || waiting_.back().text.size() + line.size() + 1 > max_output_datagram)
+        waiting_.push_back({s.slot, s.pid, s.which, {}});
+      waiting_.back().text.append(line);
+      waiting_.back().text += '\n';
     });
     s.pending.erase(0, used);
-    if (out_.empty()) return;
-    if (route_ == output_route::prefixed_stderr)
-      write_all(STDERR_FILENO, out_);
-    else
-      send_to_owner(s);
+    flush_some();
   }
 
-  // One `output` message, then the lines as one datagram. Blocking: the
-  // owner's reader takes them as fast as its sink does.
-  void send_to_owner(const stream& s) {
-    if (out_.empty() || !owner_open_) return;
-    if (!send_output(control_, s.slot, s.pid, s.which, out_)) owner_open_ = false;
-    out_.clear();
+  [[nodiscard]] int destination() const noexcept {
+    return route_ == output_route::prefixed_stderr ? STDERR_FILENO : control_;
   }
 
-  static void write_all(int fd, std::string_view text) noexcept {
-    while (!text.empty()) {
-      const ssize_t n = ::write(fd, text.data(), text.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return;  // stderr closed or full for good: the lines are dropped
-      text.remove_prefix(static_cast<std::size_t>(n));
+  // Passes on what fits now without blocking. To stderr: at most PIPE_BUF
+  // bytes per write, cut after a newline where one is, so that lines up to
+  // that length stay whole even beside the caller's own writes to stderr
+  // (poll's POLLOUT on a pipe promises room for PIPE_BUF bytes). To the
+  // owner: whole datagrams, MSG_DONTWAIT. False if nothing could go.
+  bool flush_some() noexcept {
+    bool moved = false;
+    while (!waiting_.empty()) {
+      if (route_ == output_route::prefixed_stderr) {
+        std::string& text = waiting_.front().text;
+        pollfd p{STDERR_FILENO, POLLOUT, 0};
+        if (::poll(&p, 1, 0) <= 0 || !(p.revents & POLLOUT)) return moved;
+        std::size_t n = std::min<std::size_t>(text.size(), PIPE_BUF);
+        if (n < text.size())
+          if (const std::size_t nl = text.rfind('\n', n - 1); nl != std::string::npos) n = nl + 1;
+        const ssize_t w = ::write(STDERR_FILENO, text.data(), n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return moved;
+        if (w <= 0) {  // stderr closed for good: the lines are dropped
+          waiting_.clear();
+          return moved;
+        }
+        text.erase(0, static_cast<std::size_t>(w));
+        if (text.empty()) waiting_.pop_front();
+      } else {
+        if (!owner_open_) {
+          waiting_.clear();
+          return moved;
+        }
+        const waiting_lines& d = waiting_.front();
+        const auto r = send_output(control_, d.slot, d.pid, d.which, d.text, MSG_DONTWAIT);
+        if (r == send_result::full) return moved;
+        if (r == send_result::gone) owner_open_ = false;
+        waiting_.pop_front();
+      }
+      moved = true;
     }
+    return moved;
   }
+
+  // Lines waiting for room, in entries of up to about max_output_datagram
+  // bytes: for the owner, one datagram each.
+  struct waiting_lines {
+    std::uint32_t slot = 0;
+    pid_t pid = 0;
+    int which = 0;
+    std::string text;
+  };
+  // Beyond this many entries (about 4 MiB) the workers' pipes are not read.
+  static constexpr std::size_t max_waiting = 64;
 
   output_route route_;
   int control_;
   bool owner_open_ = true;
   std::vector<stream> streams_;
-  std::string out_;
+  std::deque<waiting_lines> waiting_;
 };
 
 }  // namespace coshard::detail

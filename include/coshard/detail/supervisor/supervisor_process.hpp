@@ -145,7 +145,6 @@ class supervisor_process {
     }
     if (pid == 0) {
       output_.become_worker_side(pipes);
-      ::signal(SIGPIPE, SIG_DFL);
       close_descriptors_except({sv[1]});
       worker_main(sv[1], self, settings_(m.slot));
     }
@@ -202,9 +201,10 @@ class supervisor_process {
     exit_cleanly();
   }
 
-  // Every worker has been reaped: their last lines are in the pipes.
+  // Every worker has been reaped: their last lines are in the pipes. The
+  // owner waits a second longer than the workers' grace before it kills us.
   [[noreturn]] void exit_cleanly() noexcept {
-    output_.drain();
+    output_.drain(std::chrono::milliseconds(500));
     ::_exit(0);
   }
 
