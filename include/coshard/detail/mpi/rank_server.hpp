@@ -33,8 +33,7 @@ class rank_server {
   /// Starts this rank's workers (their supervisor and every worker, ready).
   /// Throws pool_error as process_pool's constructor does.
   rank_server(MPI_Comm comm, int root, const pool_options& local)
-      : comm_(comm),
-        root_(root),
+      : root_(root),
         workers_(local),
         transport_(workers_),
         link_(comm, io_, [this](int source, const cluster_message& m, std::span<const std::byte> body) {
@@ -222,7 +221,6 @@ class rank_server {
     io_.stop();
   }
 
-  MPI_Comm comm_;
   int root_;
   asio::io_context io_{1};
   worker_set workers_;
