@@ -144,8 +144,8 @@ class cluster : private detail::mpi_session, public basic_pool {
   std::shared_ptr<coshard::detail::pool_core> make_root(const cluster_options& o) {
     if (o.workers_per_rank == 0) throw pool_error("coshard: cluster_options.workers_per_rank must be at least 1");
     link_ = std::make_unique<coshard::detail::mpi_link>(
-        comm_, io_, [this](int source, const coshard::detail::cluster_message& m, std::span<const std::byte> body) {
-          on_message(source, m, body);
+        comm_, io_, [this](int source, const coshard::detail::cluster_message& m, coshard::detail::byte_buffer& message) {
+          on_message(source, m, message);
         });
     heard_.assign(static_cast<std::size_t>(size_), std::chrono::steady_clock::now());
     said_bye_.assign(static_cast<std::size_t>(size_), false);
@@ -166,7 +166,7 @@ class cluster : private detail::mpi_session, public basic_pool {
   }
 
   // On the MPI thread.
-  void on_message(int source, const coshard::detail::cluster_message& m, std::span<const std::byte> body) {
+  void on_message(int source, const coshard::detail::cluster_message& m, coshard::detail::byte_buffer& message) {
     if (source <= 0 || source >= size_) return;
     heard_[static_cast<std::size_t>(source)] = std::chrono::steady_clock::now();
     using coshard::detail::cluster_op;
@@ -178,7 +178,7 @@ class cluster : private detail::mpi_session, public basic_pool {
         said_bye_[static_cast<std::size_t>(source)] = true;
         return;
       default:
-        if (transport_) transport_->on_worker_message(source, m, body);
+        if (transport_) transport_->on_worker_message(source, m, message);
     }
   }
 

@@ -46,7 +46,7 @@ struct remote_worker {
   bool starting = false;
   bool interrupted = false;
   pid_t pid = -1;
-  std::deque<std::pair<frame_header, std::vector<std::byte>>> inbox;
+  std::deque<std::pair<frame_header, byte_buffer>> inbox;  // frames in the messages they came in
   std::optional<worker_end> end;        // set by `ended` (or the rank's loss)
   std::optional<std::string> failure;   // why it could not start
   bool lost = false;                    // its rank is gone: `failure` says how
@@ -105,9 +105,9 @@ class remote_channel final : public worker_channel {
     std::lock_guard lock(w_.mutex);
     if (!w_.inbox.empty()) {
       h = w_.inbox.front().first;
-      current_ = std::move(w_.inbox.front().second);
+      link_.recycle(std::exchange(current_, std::move(w_.inbox.front().second)));
       w_.inbox.pop_front();
-      co_return std::span<const std::byte>(current_);
+      co_return current_.view().subspan(sizeof(cluster_message) + sizeof h);
     }
     if (w_.interrupted) throw std::system_error(asio::error::operation_aborted);
     throw std::system_error(asio::error::eof);
@@ -126,7 +126,7 @@ class remote_channel final : public worker_channel {
 
   remote_worker& w_;
   mpi_link& link_;
-  std::vector<std::byte> current_;
+  byte_buffer current_;  // the message of the frame receive() returned last
 };
 
 /// worker_transport over the root's own workers and the other ranks'.
@@ -286,16 +286,17 @@ class cluster_transport final : public worker_transport {
   }
 
   /// Handles what a rank says about its workers; on the MPI thread.
-  void on_worker_message(int rank, const cluster_message& m, std::span<const std::byte> body) {
+  void on_worker_message(int rank, const cluster_message& m, byte_buffer& message) {
     remote_worker* w = find(rank, m.worker);
     if (!w) return;
+    const auto body = message.view().subspan(sizeof m);
     std::lock_guard lock(w->mutex);
     switch (m.op) {
       case cluster_op::frame:
         if (body.size() >= sizeof(frame_header) && w->ready && !w->end) {
           frame_header h;
           std::memcpy(&h, body.data(), sizeof h);
-          w->inbox.emplace_back(h, std::vector<std::byte>(body.begin() + sizeof h, body.end()));
+          w->inbox.emplace_back(h, std::move(message));
         }
         break;
       case cluster_op::ready:

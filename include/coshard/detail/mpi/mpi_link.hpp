@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "coshard/detail/byte_buffer.hpp"
 #include "coshard/errors.hpp"
 
 namespace coshard::detail {
@@ -84,8 +85,11 @@ inline void check_mpi(int rc, const char* what) {
 /// everything else on the io_context given at construction.
 class mpi_link {
  public:
-  /// Called on the link's thread for every message that arrives.
-  using receiver = std::function<void(int source, const cluster_message&, std::span<const std::byte> body)>;
+  /// Called on the link's thread for every message that arrives: its head,
+  /// and the whole message (head included) in a buffer the receiver may keep
+  /// (move it out, give it back with recycle() when done) so that a frame
+  /// is not copied again on its way.
+  using receiver = std::function<void(int source, const cluster_message&, byte_buffer& message)>;
 
   mpi_link(MPI_Comm comm, asio::io_context& io, receiver on_message,
            std::chrono::microseconds idle_poll = std::chrono::milliseconds(2))
@@ -98,15 +102,23 @@ class mpi_link {
   /// thread; never blocks (the bytes are copied).
   void send(int dest, const cluster_message& m, std::span<const std::byte> a = {},
             std::span<const std::byte> b = {}) {
-    std::vector<std::byte> bytes(sizeof m + a.size() + b.size());
-    std::memcpy(bytes.data(), &m, sizeof m);
-    if (!a.empty()) std::memcpy(bytes.data() + sizeof m, a.data(), a.size());
-    if (!b.empty()) std::memcpy(bytes.data() + sizeof m + a.size(), b.data(), b.size());
+    byte_buffer bytes = take_buffer();
+    bytes.reserve(sizeof m + a.size() + b.size());
+    bytes.append(&m, sizeof m);
+    bytes.append(a.data(), a.size());
+    bytes.append(b.data(), b.size());
     {
       std::lock_guard lock(mutex_);
       queued_.push_back({dest, std::move(bytes)});
     }
     wake();
+  }
+
+  /// Gives a received message's buffer back for reuse. Any thread.
+  void recycle(byte_buffer b) {
+    if (b.capacity() == 0) return;
+    std::lock_guard lock(mutex_);
+    spare_.give(std::move(b));
   }
 
   /// Moves messages until stop(); run it on the link's io_context.
@@ -167,9 +179,14 @@ class mpi_link {
  private:
   struct outgoing {
     int dest;
-    std::vector<std::byte> bytes;
+    byte_buffer bytes;
     MPI_Request request = MPI_REQUEST_NULL;
   };
+
+  byte_buffer take_buffer() {
+    std::lock_guard lock(mutex_);
+    return spare_.take();
+  }
 
   bool stopping() const {
     std::lock_guard lock(mutex_);
@@ -189,13 +206,16 @@ class mpi_link {
     if (!flag) return false;
     int count = 0;
     MPI_Get_count(&status, MPI_BYTE, &count);
-    buffer_.resize(static_cast<std::size_t>(count));
-    check_mpi(MPI_Mrecv(buffer_.data(), count, MPI_BYTE, &message, MPI_STATUS_IGNORE), "MPI_Mrecv");
-    if (buffer_.size() < sizeof(cluster_message)) return true;  // not ours: dropped
-    cluster_message m;
-    std::memcpy(&m, buffer_.data(), sizeof m);
-    if (m.op != cluster_op::heartbeat) active_ = true;
-    on_message_(status.MPI_SOURCE, m, std::span<const std::byte>(buffer_).subspan(sizeof m));
+    byte_buffer bytes = take_buffer();
+    std::byte* into = bytes.grow(static_cast<std::size_t>(count));  // not zeroed: MPI writes it all
+    check_mpi(MPI_Mrecv(into, count, MPI_BYTE, &message, MPI_STATUS_IGNORE), "MPI_Mrecv");
+    if (bytes.size() >= sizeof(cluster_message)) {  // else not ours: dropped
+      cluster_message m;
+      std::memcpy(&m, bytes.data(), sizeof m);
+      if (m.op != cluster_op::heartbeat) active_ = true;
+      on_message_(status.MPI_SOURCE, m, bytes);
+    }
+    recycle(std::move(bytes));  // unless the receiver kept it
     return true;
   }
 
@@ -225,6 +245,7 @@ class mpi_link {
       int done = 0;
       check_mpi(MPI_Test(&it->request, &done, MPI_STATUS_IGNORE), "MPI_Test");
       if (done) {
+        recycle(std::move(it->bytes));
         it = in_flight_.erase(it);
         done_any = true;
       } else {
@@ -243,8 +264,8 @@ class mpi_link {
   std::deque<outgoing> queued_;  // guarded by mutex_
   bool stop_ = false;            // guarded by mutex_
   std::list<outgoing> in_flight_;
+  buffer_pool spare_{64, std::size_t{4} << 20};  // guarded by mutex_
   bool active_ = false;  // a message other than a heartbeat moved since the last look
-  std::vector<std::byte> buffer_;
 };
 
 }  // namespace coshard::detail

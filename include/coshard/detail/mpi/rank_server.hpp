@@ -36,8 +36,8 @@ class rank_server {
       : root_(root),
         workers_(local),
         transport_(workers_),
-        link_(comm, io_, [this](int source, const cluster_message& m, std::span<const std::byte> body) {
-          on_message(source, m, body);
+        link_(comm, io_, [this](int source, const cluster_message& m, byte_buffer& message) {
+          on_message(source, m, message);
         }),
         slots_(transport_.slot_count()) {}
 
@@ -58,19 +58,20 @@ class rank_server {
  private:
   struct slot {
     std::unique_ptr<worker_channel> channel;
-    std::deque<std::pair<frame_header, std::vector<std::byte>>> outbox;  // frames for the worker
+    std::deque<std::pair<frame_header, byte_buffer>> outbox;  // frames for the worker, in their messages
     bool writing = false;
     bool starting = false;
     std::uint64_t generation = 0;  // which worker the coroutines serve
   };
 
-  void on_message(int source, const cluster_message& m, std::span<const std::byte> body) {
+  void on_message(int source, const cluster_message& m, byte_buffer& message) {
     if (source != root_) return;
+    const auto body = message.view().subspan(sizeof m);
     heard_from_root_ = std::chrono::steady_clock::now();
     const std::size_t w = m.worker;
     switch (m.op) {
       case cluster_op::frame:
-        if (w < slots_.size() && body.size() >= sizeof(frame_header)) forward_to_worker(w, body);
+        if (w < slots_.size() && body.size() >= sizeof(frame_header)) forward_to_worker(w, message);
         return;
       case cluster_op::bring_up:
         if (w < slots_.size()) bring_up(w);
@@ -122,13 +123,13 @@ class rank_server {
     link_.send(root_, {cluster_op::ended, static_cast<std::uint32_t>(w), end.pid, end.status, end.timed_out_index});
   }
 
-  void forward_to_worker(std::size_t w, std::span<const std::byte> body) {
+  // Keeps the message itself (no copy) until the frame is written.
+  void forward_to_worker(std::size_t w, byte_buffer& message) {
     slot& s = slots_[w];
     if (!s.channel) return;  // the worker is gone; the root hears of it from its `ended`
     frame_header h;
-    std::memcpy(&h, body.data(), sizeof h);
-    const auto payload = body.subspan(sizeof h);
-    s.outbox.emplace_back(h, std::vector<std::byte>(payload.begin(), payload.end()));
+    std::memcpy(&h, message.data() + sizeof(cluster_message), sizeof h);
+    s.outbox.emplace_back(h, std::move(message));
     if (!s.writing) {
       s.writing = true;
       asio::co_spawn(io_, write_out(w, s.generation), asio::detached);
@@ -139,13 +140,14 @@ class rank_server {
   asio::awaitable<void> write_out(std::size_t w, std::uint64_t generation) {
     slot& s = slots_[w];
     while (s.generation == generation && !s.outbox.empty() && s.channel) {
-      auto [h, payload] = std::move(s.outbox.front());
+      auto [h, message] = std::move(s.outbox.front());
       s.outbox.pop_front();
       try {
-        co_await s.channel->send(h, payload);
+        co_await s.channel->send(h, message.view().subspan(sizeof(cluster_message) + sizeof h));
       } catch (...) {
         break;  // the pump sees the end too, and reports it
       }
+      link_.recycle(std::move(message));
     }
     s.writing = false;
   }
