@@ -53,7 +53,7 @@ class basic_pool {
   /// items done, failed, retried and timed out, batches, workers replaced,
   /// bytes each way, and each worker slot's busy time (see pool_stats).
   /// Counts move while jobs run. Any thread; never blocks on a job.
-  [[nodiscard]] pool_stats stats() const { return core_->stats(); }
+  [[nodiscard]] pool_stats stats() const { return core().stats(); }
 
   // Every job function takes an optional `coshard::job_options` (before the
   // completion token of an async_ form): per-job batch_size, item_timeout,
@@ -91,14 +91,14 @@ class basic_pool {
   /// Inputs are pulled lazily in batches. Blocks the calling thread.
   template <std::ranges::input_range Range, class F>
   [[nodiscard]] auto map(Range&& inputs, F fn, const job_options& options = {}) {
-    return jobs_.run_blocking(jobs_.map_job(std::forward<Range>(inputs), fn, detail::no_shared{}, options), options);
+    return jobs().run_blocking(jobs().map_job(std::forward<Range>(inputs), fn, detail::no_shared{}, options), options);
   }
 
   /// As map(inputs, fn), calling `fn(shared, item)`; `shared` is sent to each
   /// worker once per job, not once per item.
   template <std::ranges::input_range Range, class F, class S>
   [[nodiscard]] auto map(Range&& inputs, F fn, const S& shared, const job_options& options = {}) {
-    return jobs_.run_blocking(jobs_.map_job(std::forward<Range>(inputs), fn, shared, options), options);
+    return jobs().run_blocking(jobs().map_job(std::forward<Range>(inputs), fn, shared, options), options);
   }
 
   /// Like map, but every item settles on its own: the result is one
@@ -108,14 +108,14 @@ class basic_pool {
   /// itself, and operation_aborted (std::system_error) if cancelled.
   template <std::ranges::input_range Range, class F>
   [[nodiscard]] auto map_settled(Range&& inputs, F fn, const job_options& options = {}) {
-    return jobs_.run_blocking(jobs_.settled_job(std::forward<Range>(inputs), fn, detail::no_shared{}, options),
+    return jobs().run_blocking(jobs().settled_job(std::forward<Range>(inputs), fn, detail::no_shared{}, options),
                               options);
   }
 
   /// map_settled with a broadcast `shared` value, passed as fn(shared, item).
   template <std::ranges::input_range Range, class F, class S>
   [[nodiscard]] auto map_settled(Range&& inputs, F fn, const S& shared, const job_options& options = {}) {
-    return jobs_.run_blocking(jobs_.settled_job(std::forward<Range>(inputs), fn, shared, options), options);
+    return jobs().run_blocking(jobs().settled_job(std::forward<Range>(inputs), fn, shared, options), options);
   }
 
   /// Applies `fn` to every input and folds the results with `reduce`, first
@@ -126,8 +126,8 @@ class basic_pool {
   /// shippable like `fn`.
   template <std::ranges::input_range Range, class F, class Reduce, class Acc>
   [[nodiscard]] Acc map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, const job_options& options = {}) {
-    return jobs_.run_blocking(
-        jobs_.reduce_job(std::forward<Range>(inputs), fn, reduce, std::move(init), detail::no_shared{}, options),
+    return jobs().run_blocking(
+        jobs().reduce_job(std::forward<Range>(inputs), fn, reduce, std::move(init), detail::no_shared{}, options),
         options);
   }
 
@@ -135,8 +135,8 @@ class basic_pool {
   template <std::ranges::input_range Range, class F, class Reduce, class Acc, class S>
   [[nodiscard]] Acc map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, const S& shared,
                                const job_options& options = {}) {
-    return jobs_.run_blocking(
-        jobs_.reduce_job(std::forward<Range>(inputs), fn, reduce, std::move(init), shared, options), options);
+    return jobs().run_blocking(
+        jobs().reduce_job(std::forward<Range>(inputs), fn, reduce, std::move(init), shared, options), options);
   }
 
   /// Keyed reduce: `fn` returns a map (e.g. word -> count) per input; the maps
@@ -161,14 +161,14 @@ class basic_pool {
   /// delivered. An exception from `sink` stops the job and is rethrown.
   template <std::ranges::input_range Range, class F, class Sink>
   std::size_t for_each_result(Range&& inputs, F fn, Sink sink, const job_options& options = {}) {
-    return jobs_.run_blocking(
-        jobs_.sink_job(std::forward<Range>(inputs), fn, std::move(sink), detail::no_shared{}, options), options);
+    return jobs().run_blocking(
+        jobs().sink_job(std::forward<Range>(inputs), fn, std::move(sink), detail::no_shared{}, options), options);
   }
 
   /// for_each_result with a broadcast `shared` value, passed as fn(shared, item).
   template <std::ranges::input_range Range, class F, class Sink, class S>
   std::size_t for_each_result(Range&& inputs, F fn, Sink sink, const S& shared, const job_options& options = {}) {
-    return jobs_.run_blocking(jobs_.sink_job(std::forward<Range>(inputs), fn, std::move(sink), shared, options),
+    return jobs().run_blocking(jobs().sink_job(std::forward<Range>(inputs), fn, std::move(sink), shared, options),
                               options);
   }
 
@@ -198,7 +198,7 @@ class basic_pool {
   /// built the pool.
   template <class F, class T, class CompletionToken>
   auto async_submit(F fn, T input, CompletionToken&& token) {
-    return jobs_.submit(fn, std::move(input), std::forward<CompletionToken>(token));
+    return jobs().submit(fn, std::move(input), std::forward<CompletionToken>(token));
   }
 
   /// Cancels every job running on this pool; callable from any thread
@@ -208,7 +208,7 @@ class basic_pool {
   /// answered. The pool stays usable. Plain functions already running finish.
   /// To cancel one job only, use its completion token's cancellation slot or
   /// job_options::stop_token.
-  void cancel() { core_->cancel(); }
+  void cancel() { core().cancel(); }
 
   /// Asynchronous map. Completion signature:
   /// `void(std::exception_ptr, std::vector<R>)`.
@@ -225,7 +225,7 @@ class basic_pool {
   /// async_map with job options.
   template <std::ranges::input_range Range, class F, class CompletionToken>
   auto async_map(Range&& inputs, F fn, const job_options& options, CompletionToken&& token) {
-    return jobs_.launch(jobs_.map_job(std::forward<Range>(inputs), fn, detail::no_shared{}, options), options,
+    return jobs().launch(jobs().map_job(std::forward<Range>(inputs), fn, detail::no_shared{}, options), options,
                         std::forward<CompletionToken>(token));
   }
   /// async_map with a broadcast `shared` value.
@@ -236,7 +236,7 @@ class basic_pool {
   /// async_map with a broadcast `shared` value and job options.
   template <std::ranges::input_range Range, class F, class S, class CompletionToken>
   auto async_map(Range&& inputs, F fn, const S& shared, const job_options& options, CompletionToken&& token) {
-    return jobs_.launch(jobs_.map_job(std::forward<Range>(inputs), fn, shared, options), options,
+    return jobs().launch(jobs().map_job(std::forward<Range>(inputs), fn, shared, options), options,
                         std::forward<CompletionToken>(token));
   }
 
@@ -255,7 +255,7 @@ class basic_pool {
   /// async_map_settled with job options.
   template <std::ranges::input_range Range, class F, class CompletionToken>
   auto async_map_settled(Range&& inputs, F fn, const job_options& options, CompletionToken&& token) {
-    return jobs_.launch(jobs_.settled_job(std::forward<Range>(inputs), fn, detail::no_shared{}, options), options,
+    return jobs().launch(jobs().settled_job(std::forward<Range>(inputs), fn, detail::no_shared{}, options), options,
                         std::forward<CompletionToken>(token));
   }
   /// async_map_settled with a broadcast `shared` value.
@@ -267,7 +267,7 @@ class basic_pool {
   /// async_map_settled with a broadcast `shared` value and job options.
   template <std::ranges::input_range Range, class F, class S, class CompletionToken>
   auto async_map_settled(Range&& inputs, F fn, const S& shared, const job_options& options, CompletionToken&& token) {
-    return jobs_.launch(jobs_.settled_job(std::forward<Range>(inputs), fn, shared, options), options,
+    return jobs().launch(jobs().settled_job(std::forward<Range>(inputs), fn, shared, options), options,
                         std::forward<CompletionToken>(token));
   }
 
@@ -289,8 +289,8 @@ class basic_pool {
   template <std::ranges::input_range Range, class F, class Reduce, class Acc, class CompletionToken>
   auto async_map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, const job_options& options,
                         CompletionToken&& token) {
-    return jobs_.launch(
-        jobs_.reduce_job(std::forward<Range>(inputs), fn, reduce, std::move(init), detail::no_shared{}, options),
+    return jobs().launch(
+        jobs().reduce_job(std::forward<Range>(inputs), fn, reduce, std::move(init), detail::no_shared{}, options),
         options, std::forward<CompletionToken>(token));
   }
   /// async_map_reduce with a broadcast `shared` value.
@@ -303,7 +303,7 @@ class basic_pool {
   template <std::ranges::input_range Range, class F, class Reduce, class Acc, class S, class CompletionToken>
   auto async_map_reduce(Range&& inputs, F fn, Reduce reduce, Acc init, const S& shared, const job_options& options,
                         CompletionToken&& token) {
-    return jobs_.launch(jobs_.reduce_job(std::forward<Range>(inputs), fn, reduce, std::move(init), shared, options),
+    return jobs().launch(jobs().reduce_job(std::forward<Range>(inputs), fn, reduce, std::move(init), shared, options),
                         options, std::forward<CompletionToken>(token));
   }
 
@@ -360,7 +360,7 @@ class basic_pool {
   /// async_for_each_result with job options.
   template <std::ranges::input_range Range, class F, class Sink, class CompletionToken>
   auto async_for_each_result(Range&& inputs, F fn, Sink sink, const job_options& options, CompletionToken&& token) {
-    return jobs_.launch(jobs_.sink_job(std::forward<Range>(inputs), fn, std::move(sink), detail::no_shared{}, options),
+    return jobs().launch(jobs().sink_job(std::forward<Range>(inputs), fn, std::move(sink), detail::no_shared{}, options),
                         options, std::forward<CompletionToken>(token));
   }
   /// async_for_each_result with a broadcast `shared` value.
@@ -373,7 +373,7 @@ class basic_pool {
   template <std::ranges::input_range Range, class F, class Sink, class S, class CompletionToken>
   auto async_for_each_result(Range&& inputs, F fn, Sink sink, const S& shared, const job_options& options,
                              CompletionToken&& token) {
-    return jobs_.launch(jobs_.sink_job(std::forward<Range>(inputs), fn, std::move(sink), shared, options), options,
+    return jobs().launch(jobs().sink_job(std::forward<Range>(inputs), fn, std::move(sink), shared, options), options,
                         std::forward<CompletionToken>(token));
   }
 
@@ -382,10 +382,21 @@ class basic_pool {
   explicit basic_pool(std::shared_ptr<detail::pool_core> core) : core_(std::move(core)), jobs_(core_) {}
   ~basic_pool() = default;
 
-  /// The pool's shared state, held also by every running job.
+  /// The pool's shared state, held also by every running job (null on an
+  /// MPI rank other than the root, which runs no jobs).
   std::shared_ptr<detail::pool_core> core_;
   /// The job-making half, over core_.
   detail::pool_jobs jobs_;
+
+ private:
+  detail::pool_core& core() const {
+    if (!core_) throw pool_error("coshard: job functions run on the root rank only; the other ranks call serve()");
+    return *core_;
+  }
+  detail::pool_jobs& jobs() {
+    (void)core();
+    return jobs_;
+  }
 };
 
 }  // namespace coshard

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <optional>
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -39,6 +40,14 @@ struct cluster_options {
 
 namespace detail {
 
+/// The root's MPI loop and link, shared with the cluster's transport: a job
+/// that outlives its cluster (on an io_context nobody runs any more) may
+/// still call it, and must find it there (it does nothing once stopped).
+struct root_link {
+  asio::io_context io{1};  // the MPI thread's loop: every MPI call after init
+  std::optional<coshard::detail::mpi_link> link;
+};
+
 /// MPI's state for one process of a cluster: initialised first (before the
 /// pool base of cluster), finalised last.
 class mpi_session {
@@ -46,13 +55,17 @@ class mpi_session {
   mpi_session(int& argc, char**& argv) {
     int initialized = 0;
     MPI_Initialized(&initialized);
+    int provided = 0;
     if (!initialized) {
-      int provided = 0;
       coshard::detail::check_mpi(MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
       owns_mpi_ = true;
-      if (provided < MPI_THREAD_SERIALIZED)
-        throw pool_error("coshard: the MPI library does not provide MPI_THREAD_SERIALIZED");
+    } else {
+      MPI_Query_thread(&provided);
     }
+    // The root makes its MPI calls on a thread of its own.
+    if (provided < MPI_THREAD_SERIALIZED)
+      throw pool_error("coshard: MPI runs at a thread level below MPI_THREAD_SERIALIZED"
+                       " (initialise it with MPI_Init_thread, or let the cluster do it)");
     coshard::detail::check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
@@ -70,14 +83,17 @@ class mpi_session {
   bool owns_mpi_ = false;
 
   // The root's side, made before its pool (whose transport uses the link).
-  asio::io_context io_{1};  // the MPI thread's loop: every MPI call after init
-  std::unique_ptr<coshard::detail::mpi_link> link_;
+  std::shared_ptr<root_link> root_;
   coshard::detail::cluster_transport* transport_ = nullptr;
   std::thread thread_;
-  std::vector<std::chrono::steady_clock::time_point> heard_;  // MPI thread only
-  std::vector<bool> said_bye_;                                // MPI thread only
-  std::vector<bool> lost_;                                    // MPI thread only
+  // MPI thread only: when each rank was last heard from (none before its
+  // hello), whether it said bye, whether it is lost.
+  std::vector<std::optional<std::chrono::steady_clock::time_point>> heard_;
+  std::vector<bool> said_bye_;
+  std::vector<bool> lost_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   std::chrono::milliseconds rank_timeout_{3000};
+  std::chrono::milliseconds hello_timeout_{30'000};
   std::chrono::milliseconds grace_{2000};
   std::atomic<bool> stopping_{false};
 };
@@ -99,17 +115,22 @@ class mpi_session {
 /// if (!cluster.is_root()) return cluster.serve();
 /// auto squares = cluster.map(numbers, [](long x) { return x * x; });
 /// \endcode
-/// Initialises MPI (MPI_THREAD_SERIALIZED) unless the program did, and
-/// finalises it if it did. Job functions may be called on the root only.
+/// Initialises MPI (MPI_THREAD_SERIALIZED) unless the program did (then it
+/// must have at least that level), and finalises it if it did. While the
+/// cluster lives, MPI belongs to it: the program makes no MPI calls of its
+/// own on the root (they would race the cluster's MPI thread). Job functions
+/// throw pool_error on other ranks than the root.
 class cluster : private detail::mpi_session, public basic_pool {
  public:
   /// Initialises MPI, forks this rank's workers and, on the root, starts the
-  /// MPI thread and waits for nothing more: remote workers join as their
-  /// ranks report them. Throws pool_error if MPI or a worker cannot start.
+  /// MPI thread; remote workers join as their ranks report them. Throws
+  /// pool_error if MPI or a worker cannot start (on the root, the other
+  /// ranks are told to stop first, so that nothing waits for it).
   cluster(int& argc, char**& argv, cluster_options options = {})
-      : detail::mpi_session(argc, argv),
-        basic_pool(rank_ == 0 ? make_root(options) : nullptr) {
-    if (rank_ != 0) server_ = std::make_unique<coshard::detail::rank_server>(comm_, 0, local_options(options));
+      : detail::mpi_session(argc, argv), basic_pool(rank_ == 0 ? make_root(options) : nullptr) {
+    if (rank_ != 0)
+      server_ = std::make_unique<coshard::detail::rank_server>(comm_, 0, local_options(options),
+                                                               options.rank_timeout);
   }
 
   /// On the root: shuts the jobs down (as process_pool's destructor does),
@@ -129,7 +150,8 @@ class cluster : private detail::mpi_session, public basic_pool {
 
   /// On a rank other than the root: relays frames between the root and this
   /// rank's workers until the root's cluster is destroyed (or the root is
-  /// lost); returns the exit code for main. On the root: returns 0 at once.
+  /// lost: silent for rank_timeout); returns the exit code for main. On the
+  /// root: returns 0 at once.
   int serve() { return server_ ? server_->serve() : 0; }
 
  private:
@@ -143,63 +165,100 @@ class cluster : private detail::mpi_session, public basic_pool {
 
   std::shared_ptr<coshard::detail::pool_core> make_root(const cluster_options& o) {
     if (o.workers_per_rank == 0) throw pool_error("coshard: cluster_options.workers_per_rank must be at least 1");
-    link_ = std::make_unique<coshard::detail::mpi_link>(
-        comm_, io_, [this](int source, const coshard::detail::cluster_message& m, coshard::detail::byte_buffer& message) {
-          on_message(source, m, message);
-        });
-    heard_.assign(static_cast<std::size_t>(size_), std::chrono::steady_clock::now());
+    if (o.rank_timeout < 4 * coshard::detail::heartbeat_interval)
+      throw pool_error("coshard: cluster_options.rank_timeout must be at least 4 heartbeats (2000 ms)");
+    root_ = std::make_shared<detail::root_link>();
+    root_->link.emplace(comm_, root_->io,
+                        [this](int source, const coshard::detail::cluster_message& m,
+                               coshard::detail::byte_buffer& message) { on_message(source, m, message); });
+    std::shared_ptr<coshard::detail::mpi_link> link(root_, &*root_->link);
+    heard_.assign(static_cast<std::size_t>(size_), std::nullopt);
     said_bye_.assign(static_cast<std::size_t>(size_), false);
     lost_.assign(static_cast<std::size_t>(size_), false);
-    const std::vector<std::size_t> ranks(static_cast<std::size_t>(size_), o.workers_per_rank);
-    auto core = std::make_shared<coshard::detail::pool_core>(
-        local_options(o), [&](coshard::detail::worker_set& local) {
-          auto t = std::make_unique<coshard::detail::cluster_transport>(local, *link_, ranks, 0);
-          transport_ = t.get();
-          return t;
-        });
     rank_timeout_ = o.rank_timeout;
+    hello_timeout_ = o.pool.startup_timeout + o.rank_timeout;
     grace_ = o.pool.shutdown_timeout;
-    asio::co_spawn(io_, link_->run(), asio::detached);
-    asio::co_spawn(io_, watch_ranks(), asio::detached);
-    thread_ = std::thread([this] { io_.run(); });
+    const std::vector<std::size_t> ranks(static_cast<std::size_t>(size_), o.workers_per_rank);
+    std::shared_ptr<coshard::detail::pool_core> core;
+    try {
+      core = std::make_shared<coshard::detail::pool_core>(
+          local_options(o), [&](coshard::detail::worker_set& local) {
+            auto t = std::make_unique<coshard::detail::cluster_transport>(local, link, ranks, 0);
+            transport_ = t.get();
+            return t;
+          });
+    } catch (...) {
+      // The other ranks would serve for ever and MPI_Finalize wait for them:
+      // they are told to stop (the MPI thread does not run yet).
+      for (int r = 1; r < size_; ++r) {
+        const coshard::detail::cluster_message bye{coshard::detail::cluster_op::shutdown, 0, 0, 0, 0};
+        MPI_Send(&bye, sizeof bye, MPI_BYTE, r, coshard::detail::cluster_tag, comm_);
+      }
+      throw;
+    }
+    started_ = std::chrono::steady_clock::now();
+    asio::co_spawn(root_->io, root_->link->run(), [this](std::exception_ptr e) { mpi_failed(e); });
+    asio::co_spawn(root_->io, watch_ranks(), [this](std::exception_ptr e) { mpi_failed(e); });
+    thread_ = std::thread([state = root_] { state->io.run(); });
     return core;
+  }
+
+  // The MPI thread's loop failed (an MPI error, memory): every remote
+  // worker is gone, with the reason.
+  void mpi_failed(std::exception_ptr e) noexcept {
+    if (!e || stopping_) return;
+    std::string why = "the root's MPI loop failed";
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      why += std::string(": ") + x.what();
+    } catch (...) {
+    }
+    if (transport_) transport_->lose_rank(-1, why);
   }
 
   // On the MPI thread.
   void on_message(int source, const coshard::detail::cluster_message& m, coshard::detail::byte_buffer& message) {
     if (source <= 0 || source >= size_) return;
-    heard_[static_cast<std::size_t>(source)] = std::chrono::steady_clock::now();
+    const auto i = static_cast<std::size_t>(source);
+    heard_[i] = std::chrono::steady_clock::now();
     using coshard::detail::cluster_op;
     switch (m.op) {
       case cluster_op::hello:
       case cluster_op::heartbeat:
         return;
       case cluster_op::bye:
-        said_bye_[static_cast<std::size_t>(source)] = true;
+        said_bye_[i] = true;
         return;
       default:
-        if (transport_) transport_->on_worker_message(source, m, message);
+        if (transport_ && !lost_[i]) transport_->on_worker_message(source, m, message);
     }
   }
 
-  // A rank silent for rank_timeout is lost: its workers' jobs fail.
+  // Heartbeats to the ranks (so that they stop when the root is gone), and
+  // the ranks' liveness: a rank silent for rank_timeout after its hello, or
+  // without a hello for startup_timeout + rank_timeout, is lost, and the
+  // jobs that need its workers fail.
   asio::awaitable<void> watch_ranks() {
-    asio::steady_timer timer(io_);
-    std::vector<bool>& lost = lost_;
+    asio::steady_timer timer(root_->io);
     for (;;) {
-      timer.expires_after(std::chrono::milliseconds(250));
+      timer.expires_after(coshard::detail::heartbeat_interval);
       asio::error_code ec;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       if (stopping_) co_return;
       const auto now = std::chrono::steady_clock::now();
       for (int r = 1; r < size_; ++r) {
         const auto i = static_cast<std::size_t>(r);
-        if (lost[i] || said_bye_[i] || now - heard_[i] < rank_timeout_) continue;
-        lost[i] = true;
+        if (lost_[i] || said_bye_[i]) continue;
+        root_->link->send(r, {coshard::detail::cluster_op::heartbeat, 0, 0, 0, 0});
+        const bool silent = heard_[i] ? now - *heard_[i] > rank_timeout_ : now - started_ > hello_timeout_;
+        if (!silent) continue;
         lost_[i] = true;
-        transport_->lose_rank(r, "rank " + std::to_string(r) + " is lost: it sent nothing for " +
-                                     std::to_string(rank_timeout_.count()) +
-                                     " ms (dead or stopped); the jobs that need its workers fail");
+        transport_->lose_rank(r, "rank " + std::to_string(r) + " is lost: " +
+                                     (heard_[i] ? "it sent nothing for " + std::to_string(rank_timeout_.count()) +
+                                                      " ms (dead or stopped)"
+                                                : std::string("it never reported (does its main call serve()?)")) +
+                                     "; the jobs that need its workers fail");
       }
     }
   }
@@ -208,30 +267,32 @@ class cluster : private detail::mpi_session, public basic_pool {
     try {
       core_->shutdown(shutdown_mode::graceful);
       const auto grace = grace_;
-      asio::post(io_, [this, grace] {
+      asio::post(root_->io, [this, grace] {
         for (int r = 1; r < size_; ++r)
-          link_->send(r, {coshard::detail::cluster_op::shutdown, 0, 0, 0, static_cast<std::uint64_t>(grace.count())});
+          root_->link->send(r, {coshard::detail::cluster_op::shutdown, 0, 0, 0, static_cast<std::uint64_t>(grace.count())});
       });
-      // Every rank says bye once its workers are reaped (bounded).
+      // Every rank says bye once its workers are reaped (bounded); a lost
+      // one is not waited for.
       const auto until = std::chrono::steady_clock::now() + grace + std::chrono::seconds(3);
       for (;;) {
-        bool all = true;
         std::promise<bool> p;
         auto f = p.get_future();
-        asio::post(io_, [this, &p] {
-          bool a = true;
+        asio::post(root_->io, [this, &p] {
+          bool all = true;
           for (int r = 1; r < size_; ++r)
-            a = a && (said_bye_[static_cast<std::size_t>(r)] || lost_[static_cast<std::size_t>(r)]);
-          p.set_value(a);
+            all = all && (said_bye_[static_cast<std::size_t>(r)] || lost_[static_cast<std::size_t>(r)]);
+          p.set_value(all);
         });
-        all = f.get();
-        if (all || std::chrono::steady_clock::now() >= until) break;
+        if (f.get() || std::chrono::steady_clock::now() >= until) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
       }
       stopping_ = true;
-      link_->stop();
+      root_->link->stop();
       thread_.join();
-      link_->flush(std::chrono::milliseconds(1000));
+      root_->link->flush(std::chrono::milliseconds(1000));
+      // A job still waiting on a remote worker (its loop no longer runs)
+      // ends when it next looks: the ranks are gone.
+      transport_->lose_rank(-1, "the cluster was shut down");
     } catch (...) {
     }
   }

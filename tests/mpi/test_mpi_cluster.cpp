@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <future>
 #include <map>
@@ -42,7 +43,16 @@ std::vector<long> iota_vector(long n) {
 
 int main(int argc, char** argv) {
   coshard::mpi::cluster cluster{argc, argv, {.workers_per_rank = 1, .concurrency = 16}};
-  if (!cluster.is_root()) return cluster.serve();
+  if (!cluster.is_root()) {
+    // Job functions belong to the root: elsewhere a clear error, not a crash.
+    try {
+      (void)cluster.stats();
+      std::fprintf(stderr, "rank %d: stats() on a non-root rank did not throw\n", cluster.rank());
+      return 1;
+    } catch (const coshard::pool_error&) {
+    }
+    return cluster.serve();
+  }
   the_cluster = &cluster;
   return Catch::Session().run(argc, argv);
 }

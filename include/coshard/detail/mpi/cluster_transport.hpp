@@ -65,6 +65,15 @@ template <class Done>
 asio::awaitable<bool> wait_on(remote_worker& w, Done done, std::chrono::milliseconds limit) {
   auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor);
   const auto until = std::chrono::steady_clock::now() + limit;
+  // Unhooked however the wait ends, the frame's destruction included (its
+  // io_context gone): the MPI thread must never reach a timer that is gone.
+  struct unhook {
+    remote_worker& w;
+    ~unhook() {
+      std::lock_guard lock(w.mutex);
+      w.waker = nullptr;
+    }
+  } guard{w};
   for (;;) {
     {
       std::lock_guard lock(w.mutex);
@@ -134,8 +143,9 @@ class cluster_transport final : public worker_transport {
  public:
   /// `ranks[r]` is how many workers rank r serves (the root's own entry is
   /// ignored: its workers are `local`). Remote slots follow the local ones.
-  cluster_transport(worker_set& local, mpi_link& link, const std::vector<std::size_t>& ranks, int root)
-      : local_(local), local_transport_(local), link_(link) {
+  cluster_transport(worker_set& local, std::shared_ptr<mpi_link> link, const std::vector<std::size_t>& ranks,
+                    int root)
+      : local_(local), local_transport_(local), link_(std::move(link)) {
     for (int r = 0; r < static_cast<int>(ranks.size()); ++r) {
       if (r == root) continue;
       for (std::size_t w = 0; w < ranks[static_cast<std::size_t>(r)]; ++w) {
@@ -155,9 +165,10 @@ class cluster_transport final : public worker_transport {
   }
 
   /// Every worker of `rank` is gone with it: waiters wake, jobs fail with `why`.
+  /// Any thread.
   void lose_rank(int rank, const std::string& why) {
     for (auto& w : remote_) {
-      if (w->rank != rank) continue;
+      if (rank >= 0 && w->rank != rank) continue;
       std::lock_guard lock(w->mutex);
       if (!w->end) w->end = worker_end{w->pid, unknown_wait_status, worker_status::none};
       w->failure = why;
@@ -201,7 +212,7 @@ class cluster_transport final : public worker_transport {
         w->end.reset();
       }
     }
-    if (ask) link_.send(w->rank, {cluster_op::bring_up, w->worker, 0, 0, 0});
+    if (ask) link_->send(w->rank, {cluster_op::bring_up, w->worker, 0, 0, 0});
     interrupt = [w] {
       std::lock_guard lock(w->mutex);
       w->interrupted = true;
@@ -223,13 +234,32 @@ class cluster_transport final : public worker_transport {
 
   std::unique_ptr<worker_channel> open(std::size_t i, const asio::any_io_executor& ex,
                                        asio::io_context* home) override {
-    if (remote_worker* w = remote(i)) return std::make_unique<remote_channel>(*w, link_);
+    if (remote_worker* w = remote(i)) return std::make_unique<remote_channel>(*w, *link_);
     return local_transport_.open(i, ex, home);
   }
 
   [[nodiscard]] pid_t pid(std::size_t i) const noexcept override {
-    if (const remote_worker* w = remote(i)) return w->pid;
+    if (remote_worker* w = remote(i)) {
+      std::lock_guard lock(w->mutex);
+      return w->pid;
+    }
     return local_transport_.pid(i);
+  }
+
+  void kill_all() noexcept override {
+    local_transport_.kill_all();
+    for (auto& w : remote_) {
+      pid_t pid;
+      {
+        std::lock_guard lock(w->mutex);
+        if (w->lost || w->pid <= 0) continue;
+        pid = w->pid;
+      }
+      try {
+        link_->send(w->rank, {cluster_op::kill, w->worker, pid, 0, 0});
+      } catch (...) {
+      }
+    }
   }
 
   worker_allowance& allowance(std::size_t i) noexcept override {
@@ -242,7 +272,7 @@ class cluster_transport final : public worker_transport {
     if (!w) return local_transport_.release(i);
     forget(*w);
     try {
-      link_.send(w->rank, {cluster_op::release, w->worker, 0, 0, 0});
+      link_->send(w->rank, {cluster_op::release, w->worker, 0, 0, 0});
     } catch (...) {
     }
   }
@@ -252,14 +282,14 @@ class cluster_transport final : public worker_transport {
     if (!w) return local_transport_.replace(i);
     forget(*w);
     if (local_.closing()) {
-      link_.send(w->rank, {cluster_op::release, w->worker, 0, 0, 0});
+      link_->send(w->rank, {cluster_op::release, w->worker, 0, 0, 0});
       return;
     }
     {
       std::lock_guard lock(w->mutex);
       w->starting = true;
     }
-    link_.send(w->rank, {cluster_op::replace, w->worker, 0, 0, 0});
+    link_->send(w->rank, {cluster_op::replace, w->worker, 0, 0, 0});
   }
 
   asio::awaitable<worker_end> bury(std::size_t i, bool kill) override {
@@ -270,10 +300,10 @@ class cluster_transport final : public worker_transport {
       std::lock_guard lock(w->mutex);
       pid = w->pid;
     }
-    if (kill) link_.send(w->rank, {cluster_op::kill, w->worker, pid, 0, 0});
+    if (kill) link_->send(w->rank, {cluster_op::kill, w->worker, pid, 0, 0});
     // The rank reports every end it sees; a worker alive after 2 s is killed.
     if (!co_await wait_on(*w, [w] { return w->end.has_value(); }, std::chrono::milliseconds(2000))) {
-      link_.send(w->rank, {cluster_op::kill, w->worker, pid, 0, 0});
+      link_->send(w->rank, {cluster_op::kill, w->worker, pid, 0, 0});
       co_await wait_on(*w, [w] { return w->end.has_value(); }, std::chrono::milliseconds(5000));
     }
     worker_end end;
@@ -300,18 +330,21 @@ class cluster_transport final : public worker_transport {
         }
         break;
       case cluster_op::ready:
+        if (w->lost) return;  // a lost rank stays lost
+        if (w->ready && w->pid == m.pid) return;  // the same worker again (a bring_up crossed its first ready)
         w->ready = true;
         w->starting = false;
         w->pid = m.pid;
         w->end.reset();
         w->failure.reset();
-        w->allowance = {};
+        w->allowance = {};  // a new worker (the engine does not count for a slot that is not ready)
         break;
       case cluster_op::start_failed:
         w->starting = false;
         w->failure = std::string(reinterpret_cast<const char*>(body.data()), body.size());
         break;
       case cluster_op::ended:
+        if (w->pid > 0 && m.pid != w->pid) return;  // an earlier worker of this slot
         w->ready = false;
         w->end = worker_end{m.pid, m.status, m.aux};
         break;
@@ -339,7 +372,7 @@ class cluster_transport final : public worker_transport {
 
   worker_set& local_;
   local_transport local_transport_;
-  mpi_link& link_;
+  std::shared_ptr<mpi_link> link_;  // shared: a job may outlive the cluster that made it
   std::vector<std::unique_ptr<remote_worker>> remote_;
 };
 

@@ -24,6 +24,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <list>
 #include <utility>
 #include <mutex>
@@ -227,6 +228,9 @@ class mpi_link {
     }
     if (batch.empty()) return false;
     for (auto& o : batch) {
+      if (o.bytes.size() > static_cast<std::size_t>(std::numeric_limits<int>::max()))
+        throw pool_error("coshard: a cluster message of " + std::to_string(o.bytes.size()) +
+                         " bytes is above MPI's int count (2 GiB): lower max_frame_bytes for a cluster");
       cluster_message m;
       std::memcpy(&m, o.bytes.data(), sizeof m);
       if (m.op != cluster_op::heartbeat) active_ = true;

@@ -32,8 +32,11 @@ class rank_server {
  public:
   /// Starts this rank's workers (their supervisor and every worker, ready).
   /// Throws pool_error as process_pool's constructor does.
-  rank_server(MPI_Comm comm, int root, const pool_options& local)
-      : root_(root),
+  /// `root_timeout`: the root is taken as gone (and this rank shuts its
+  /// workers down and returns from serve()) after that long without a word.
+  rank_server(MPI_Comm comm, int root, const pool_options& local, std::chrono::milliseconds root_timeout)
+      : root_timeout_(root_timeout),
+        root_(root),
         workers_(local),
         transport_(workers_),
         link_(comm, io_, [this](int source, const cluster_message& m, byte_buffer& message) {
@@ -49,7 +52,20 @@ class rank_server {
   int serve() {
     link_.send(root_, {cluster_op::hello, 0, 0, 0, slots_.size()});
     for (std::size_t w = 0; w < slots_.size(); ++w) open_worker(w);
-    asio::co_spawn(io_, link_.run(), asio::detached);
+    asio::co_spawn(io_, link_.run(), [this](std::exception_ptr e) {
+      if (!e || stopping_) return;
+      // MPI failed under us: no word can reach the root any more.
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& x) {
+        std::fprintf(stderr, "coshard rank: the MPI loop failed: %s\n", x.what());
+      } catch (...) {
+      }
+      exit_code_ = 1;
+      stopping_ = true;
+      workers_.shutdown(std::chrono::milliseconds(0));
+      io_.stop();
+    });
     asio::co_spawn(io_, heartbeat(), asio::detached);
     io_.run();
     return exit_code_;
@@ -69,6 +85,13 @@ class rank_server {
     const auto body = message.view().subspan(sizeof m);
     heard_from_root_ = std::chrono::steady_clock::now();
     const std::size_t w = m.worker;
+    if (w >= slots_.size() && (m.op == cluster_op::bring_up || m.op == cluster_op::replace)) {
+      const std::string why = "this rank serves " + std::to_string(slots_.size()) +
+                              " workers (are the cluster_options the same on every rank?)";
+      link_.send(root_, {cluster_op::start_failed, m.worker, 0, 0, 0},
+                 std::as_bytes(std::span(why.data(), why.size())));
+      return;
+    }
     switch (m.op) {
       case cluster_op::frame:
         if (w < slots_.size() && body.size() >= sizeof(frame_header)) forward_to_worker(w, message);
@@ -120,7 +143,10 @@ class rank_server {
     s.channel.reset();
     s.outbox.clear();
     const worker_end end = co_await transport_.bury(w, /*kill=*/false);
-    link_.send(root_, {cluster_op::ended, static_cast<std::uint32_t>(w), end.pid, end.status, end.timed_out_index});
+    // Reported even if the root released or replaced the slot meanwhile:
+    // the pid tells the root which worker it was.
+    if (!stopping_)
+      link_.send(root_, {cluster_op::ended, static_cast<std::uint32_t>(w), end.pid, end.status, end.timed_out_index});
   }
 
   // Keeps the message itself (no copy) until the frame is written.
@@ -150,6 +176,12 @@ class rank_server {
       link_.recycle(std::move(message));
     }
     s.writing = false;
+    // Frames for a newer worker of this slot that came while this writer
+    // (of an older one) was suspended get a writer of their own.
+    if (s.generation != generation && !s.outbox.empty() && s.channel) {
+      s.writing = true;
+      asio::co_spawn(io_, write_out(w, s.generation), asio::detached);
+    }
   }
 
   void close_worker(std::size_t w, bool replace) {
@@ -201,6 +233,10 @@ class rank_server {
   asio::awaitable<void> heartbeat() {
     asio::steady_timer timer(io_);
     while (!stopping_) {
+      if (std::chrono::steady_clock::now() - heard_from_root_ > root_timeout_) {
+        shut_down(std::chrono::milliseconds(0));  // the root is gone: nothing will ever be asked again
+        co_return;
+      }
       link_.send(root_, {cluster_op::heartbeat, 0, 0, 0, 0});
       timer.expires_after(heartbeat_interval);
       asio::error_code ec;
@@ -223,6 +259,7 @@ class rank_server {
     io_.stop();
   }
 
+  std::chrono::milliseconds root_timeout_;
   int root_;
   asio::io_context io_{1};
   worker_set workers_;

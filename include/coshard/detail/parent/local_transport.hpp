@@ -88,6 +88,7 @@ class local_transport final : public worker_transport {
     workers_.drop_worker(s);
     if (!workers_.closing()) workers_.request_start(s);
   }
+  void kill_all() noexcept override { workers_.kill_all(); }
   asio::awaitable<worker_end> bury(std::size_t i, bool kill) override {
     worker_slot& s = workers_.slots()[i];
     worker_end end;

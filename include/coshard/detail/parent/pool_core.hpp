@@ -288,7 +288,7 @@ COSHARD_DECL void pool_core::shutdown(shutdown_mode mode) noexcept {
     std::lock_guard lock(jobs_mutex_);
     workers.stop_starting(mode == shutdown_mode::forced);
   }
-  if (mode == shutdown_mode::forced) workers.kill_all();
+  if (mode == shutdown_mode::forced) transport.kill_all();
   try {
     cancel();
   } catch (...) {  // posting may allocate
@@ -305,7 +305,7 @@ COSHARD_DECL void pool_core::shutdown(shutdown_mode mode) noexcept {
     idle = jobs_.empty() || (!on_job_thread && jobs_idle_.wait_for(lock, grace, none_left));
     if (!idle && !on_job_thread) {
       lock.unlock();
-      workers.kill_all();
+      transport.kill_all();
       lock.lock();
       // A job on an event loop that no longer runs never ends: it keeps
       // this core alive and is given up on here.

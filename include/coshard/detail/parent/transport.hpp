@@ -115,6 +115,10 @@ class worker_transport {
   /// at once, unless the pool is closing.
   virtual void replace(std::size_t i) = 0;
 
+  /// SIGKILLs every worker (a forced shutdown, or one whose grace ran out).
+  /// Any thread.
+  virtual void kill_all() noexcept = 0;
+
   /// After a send or receive failed: learns how slot `i`'s worker ended
   /// (killing it first if `kill`, or if it has not ended within 2 s), waited
   /// for on the calling coroutine's executor; then empties the slot. Does not
