@@ -212,6 +212,19 @@ pid_t parent_of(pid_t pid) {
   rest >> state >> ppid;
   return ppid;
 }
+
+// The pids of the processes running the cluster's ranks, the root's
+// included: each worker's supervisor is a child of its rank. Items of 2 ms
+// keep every worker busy long enough to take some.
+std::set<pid_t> rank_pids(coshard::mpi::cluster& c) {
+  auto supervisors = c.map(iota_vector(300), [](long) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return static_cast<long>(::getppid());
+  });
+  std::set<pid_t> ranks;
+  for (long s : supervisors) ranks.insert(parent_of(static_cast<pid_t>(s)));
+  return ranks;
+}
 }  // namespace
 
 // Run on its own (it ends the cluster's usefulness): ctest runs it as
@@ -220,13 +233,7 @@ pid_t parent_of(pid_t pid) {
 TEST_CASE("cluster: a rank killed mid-job fails the job with a pool_error naming the rank, within seconds",
           "[.rank_death]") {
   auto& c = *the_cluster;
-  // The ranks' pids: each worker's supervisor is a child of its rank.
-  auto supervisors = c.map(iota_vector(300), [](long) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    return static_cast<long>(::getppid());
-  });
-  std::set<pid_t> ranks;
-  for (long s : supervisors) ranks.insert(parent_of(static_cast<pid_t>(s)));
+  std::set<pid_t> ranks = rank_pids(c);
   ranks.erase(::getpid());
   REQUIRE(ranks.size() == 2);
   const pid_t victim = *ranks.rbegin();
@@ -272,12 +279,7 @@ double cpu_seconds(pid_t pid) {
 // rank uses (its MPI polling and heartbeats), over 10 s.
 TEST_CASE("cluster: the CPU of idle ranks", "[.idle_cpu]") {
   auto& c = *the_cluster;
-  auto supervisors = c.map(iota_vector(300), [](long) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    return static_cast<long>(::getppid());
-  });
-  std::set<pid_t> ranks;
-  for (long s : supervisors) ranks.insert(parent_of(static_cast<pid_t>(s)));
+  const std::set<pid_t> ranks = rank_pids(c);
   std::map<pid_t, double> before;
   for (pid_t r : ranks) before[r] = cpu_seconds(r);
   std::this_thread::sleep_for(std::chrono::seconds(10));
