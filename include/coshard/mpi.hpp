@@ -58,10 +58,10 @@ class mpi_session {
     MPI_Initialized(&initialized);
     int provided = 0;
     if (!initialized) {
-      // No barrier in MPI_Finalize (Open MPI's mpi_async_mpi_finalize): the
+      // No barrier in MPI_Finalize (Open MPI's MCA parameter async_mpi_finalize): the
       // ranks have said bye already, and after a lost rank Open MPI 4.1's
       // barrier waits for it for ever. A setting of the user's wins.
-      ::setenv("OMPI_MCA_mpi_async_mpi_finalize", "1", /*overwrite=*/0);
+      ::setenv("OMPI_MCA_async_mpi_finalize", "1", /*overwrite=*/0);
       coshard::detail::check_mpi(MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
       owns_mpi_ = true;
     } else {
