@@ -64,7 +64,6 @@ class frame_reader {
     co_return std::span<const std::byte>(buf_.data() + begin_ + sizeof h, h.payload_size);
   }
 
- private:
   static constexpr std::size_t min_capacity = 256 * 1024;
 
   void consume() {
@@ -77,8 +76,36 @@ class frame_reader {
     }
   }
 
+  /// Reads the next frame into `h` and into `out`, whole: `headroom` bytes
+  /// left for the caller, then the header, then the payload, so that a relay
+  /// can pass the frame on in one message without copying it. Reads of at
+  /// most 4 KiB find the header, and the rest of a large payload is read
+  /// straight into `out`; only what those reads brought is copied. Errors as
+  /// read().
   template <class Stream>
-  asio::awaitable<void> fill(Stream& s, std::size_t want) {
+  asio::awaitable<void> read_into(Stream& s, frame_header& h, byte_buffer& out, std::size_t headroom) {
+    consume();
+    co_await fill(s, sizeof h, small_read);
+    h = load_trivial<frame_header>(buf_.data() + begin_);
+    validate_header(h, max_frame_);
+    const std::size_t total = sizeof h + static_cast<std::size_t>(h.payload_size);
+    out.clear();
+    std::byte* into = out.grow(headroom + total) + headroom;  // not zeroed: all of it is written below
+    const std::size_t have = std::min(end_ - begin_, total);
+    std::memcpy(into, buf_.data() + begin_, have);
+    begin_ += have;
+    if (have < total)
+      co_await asio::async_read(s, asio::buffer(into + have, total - have), transfer_rest{total - have},
+                                asio::use_awaitable);
+  }
+
+ private:
+  static constexpr std::size_t small_read = 4096;
+
+  // Makes sure `want` bytes are buffered; a read takes at most what there is
+  // room for, or `limit` bytes (at least what is missing) if given.
+  template <class Stream>
+  asio::awaitable<void> fill(Stream& s, std::size_t want, std::size_t limit = 0) {
     if (end_ - begin_ >= want) co_return;
     if (buf_.capacity() - begin_ < std::max(want, min_capacity / 2)) {
       // Move the partial frame to the front, growing the buffer if it cannot hold it.
@@ -95,7 +122,8 @@ class frame_reader {
       end_ = have;
     }
     while (end_ - begin_ < want) {
-      const std::size_t room = buf_.capacity() - end_;
+      std::size_t room = buf_.capacity() - end_;
+      if (limit) room = std::min(room, std::max(limit, want - (end_ - begin_)));
       end_ += co_await s.async_read_some(asio::buffer(buf_.data() + end_, room), asio::use_awaitable);
     }
   }

@@ -115,6 +115,22 @@ class mpi_link {
     wake();
   }
 
+  /// A buffer for a message the caller builds in place (for send_built):
+  /// a recycled one where there is one. Any thread.
+  byte_buffer message_buffer() { return take_buffer(); }
+
+  /// Queues a message built in `message`: its first sizeof(cluster_message)
+  /// bytes are overwritten with `m`, the rest is the body. Any thread; the
+  /// buffer is kept (not copied) until MPI has sent it.
+  void send_built(int dest, const cluster_message& m, byte_buffer message) {
+    std::memcpy(message.data(), &m, sizeof m);
+    {
+      std::lock_guard lock(mutex_);
+      queued_.push_back({dest, std::move(message)});
+    }
+    wake();
+  }
+
   /// Gives a received message's buffer back for reuse. Any thread.
   void recycle(byte_buffer b) {
     if (b.capacity() == 0) return;

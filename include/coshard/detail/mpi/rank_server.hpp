@@ -130,11 +130,12 @@ class rank_server {
     slot& s = slots_[w];
     try {
       for (;;) {
+        // Read into the message itself: the frame is not copied on its way.
         frame_header h;
-        const auto payload = co_await s.channel->receive(h);
+        byte_buffer message = link_.message_buffer();
+        co_await s.channel->receive_into(h, message, sizeof(cluster_message));
         if (s.generation != generation) co_return;
-        link_.send(root_, {cluster_op::frame, static_cast<std::uint32_t>(w), 0, 0, 0},
-                   std::as_bytes(std::span(&h, 1)), payload);
+        link_.send_built(root_, {cluster_op::frame, static_cast<std::uint32_t>(w), 0, 0, 0}, std::move(message));
       }
     } catch (...) {
     }

@@ -50,6 +50,9 @@ class local_channel final : public worker_channel {
   asio::awaitable<std::span<const std::byte>> receive(frame_header& h) override {
     return slot_.reader->read(*sock_, h);
   }
+  asio::awaitable<void> receive_into(frame_header& h, byte_buffer& out, std::size_t headroom) override {
+    return slot_.reader->read_into(*sock_, h, out, headroom);
+  }
   void interrupt() noexcept override {
     asio::error_code ignored;
     sock_->cancel(ignored);

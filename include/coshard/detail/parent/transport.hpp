@@ -24,6 +24,7 @@
 #include <span>
 #include <string>
 
+#include "coshard/detail/byte_buffer.hpp"
 #include "coshard/detail/wire.hpp"
 #include "coshard/detail/worker_status.hpp"
 
@@ -48,6 +49,18 @@ class worker_channel {
   /// (asio::error::operation_aborted after interrupt()), serialization_error
   /// if what arrived is not a frame.
   virtual asio::awaitable<std::span<const std::byte>> receive(frame_header& h) = 0;
+
+  /// Reads the next frame as receive() does, into `out`: `headroom` bytes
+  /// for the caller, the header, the payload. For a relay that passes frames
+  /// on whole (a cluster rank); this default copies, a transport that can
+  /// read into `out` directly overrides it.
+  virtual asio::awaitable<void> receive_into(frame_header& h, byte_buffer& out, std::size_t headroom) {
+    const auto payload = co_await receive(h);
+    out.clear();
+    out.grow(headroom);
+    out.append(&h, sizeof h);
+    out.append(payload.data(), payload.size());
+  }
 
   /// Makes a receive in progress end with operation_aborted.
   virtual void interrupt() noexcept = 0;
