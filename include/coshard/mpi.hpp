@@ -26,10 +26,16 @@ namespace coshard::mpi {
 
 /// Options of a cluster, meant for designated initializers.
 struct cluster_options {
-  /// Worker processes each rank forks (the root too).
+  /// Worker processes each rank forks (the root too, unless root_workers
+  /// is false).
   std::size_t workers_per_rank = 1;
   /// Awaitable items running at once inside one worker.
   std::size_t concurrency = 64;
+  /// Whether the root forks workers_per_rank workers of its own. Without
+  /// them its cores are left to scheduling, merging results and the
+  /// program's own work (worth it with many ranks); it needs at least one
+  /// other rank then.
+  bool root_workers = true;
   /// A rank that sends nothing for this long (it sends a heartbeat every
   /// 500 ms while idle) is taken as lost: the jobs that need its workers fail
   /// with pool_error naming it.
@@ -170,6 +176,11 @@ class cluster : private detail::mpi_session, public basic_pool {
 
   std::shared_ptr<coshard::detail::pool_core> make_root(const cluster_options& o) {
     if (o.workers_per_rank == 0) throw pool_error("coshard: cluster_options.workers_per_rank must be at least 1");
+    if (!o.root_workers && size_ < 2) {
+      // The other ranks (none here) are not waiting for anything yet.
+      throw pool_error("coshard: cluster_options.root_workers is false and this MPI job has no other rank:"
+                       " the cluster would have no worker (start it with mpirun -np 2 or more)");
+    }
     if (o.rank_timeout < 4 * coshard::detail::heartbeat_interval)
       throw pool_error("coshard: cluster_options.rank_timeout must be at least 4 heartbeats (2000 ms)");
     root_ = std::make_shared<detail::root_link>();
@@ -191,7 +202,8 @@ class cluster : private detail::mpi_session, public basic_pool {
             auto t = std::make_unique<coshard::detail::cluster_transport>(local, link, ranks, 0);
             transport_ = t.get();
             return t;
-          });
+          },
+          o.root_workers ? o.workers_per_rank : 0);
     } catch (...) {
       // The other ranks would serve for ever and MPI_Finalize wait for them:
       // they are told to stop (the MPI thread does not run yet).

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <future>
 #include <map>
@@ -42,7 +43,16 @@ std::vector<long> iota_vector(long n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  coshard::mpi::cluster cluster{argc, argv, {.workers_per_rank = 1, .concurrency = 16}};
+  // --no-root-workers (test_mpi_no_root_workers): the root forks no worker.
+  bool root_workers = true;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--no-root-workers") != 0) continue;
+    root_workers = false;
+    for (int j = i; j + 1 < argc; ++j) argv[j] = argv[j + 1];
+    --argc;
+    break;
+  }
+  coshard::mpi::cluster cluster{argc, argv, {.workers_per_rank = 1, .concurrency = 16, .root_workers = root_workers}};
   if (!cluster.is_root()) {
     // Job functions belong to the root: elsewhere a clear error, not a crash.
     try {
@@ -245,6 +255,29 @@ std::set<pid_t> rank_pids(coshard::mpi::cluster& c) {
   return ranks;
 }
 }  // namespace
+
+// Run as test_mpi_no_root_workers (mpirun -np 3 ... --no-root-workers): the
+// two other ranks' workers do every job, and the root forks none.
+TEST_CASE("cluster: a root without workers of its own leaves every item to the other ranks", "[.no_root_workers]") {
+  auto& c = *the_cluster;
+  REQUIRE(c.size() == 2);
+  std::set<pid_t> ranks = rank_pids(c);
+  CHECK(ranks.size() == 2);
+  CHECK(ranks.count(::getpid()) == 0);
+  auto out = c.map(iota_vector(100'000), [](long x) { return x * x; });
+  REQUIRE(out.size() == 100'000);
+  for (long i = 0; i < 100'000; ++i) REQUIRE(out[static_cast<std::size_t>(i)] == i * i);
+  CHECK(c.map_reduce(iota_vector(10'000), [](long x) { return x; }, std::plus<>{}, 0L) == 10'000L * 9'999 / 2);
+  // A crashing item is still isolated (in a remote worker) and fails alone.
+  auto settled = c.map_settled(iota_vector(200), [](long x) {
+    if (x == 77) std::abort();
+    return x;
+  });
+  REQUIRE(settled.size() == 200);
+  CHECK(!settled[77].ok());
+  for (std::size_t i = 0; i < settled.size(); ++i)
+    if (i != 77) CHECK(settled[i].value() == static_cast<long>(i));
+}
 
 // Run on its own (it ends the cluster's usefulness): ctest runs it as
 // test_mpi_rank_death, with Open MPI told to keep the job running when a

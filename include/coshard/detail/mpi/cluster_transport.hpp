@@ -146,7 +146,9 @@ class cluster_transport final : public worker_transport {
   cluster_transport(worker_set& local, std::shared_ptr<mpi_link> link, const std::vector<std::size_t>& ranks,
                     int root)
       : local_(local), local_transport_(local), link_(std::move(link)) {
+    first_of_rank_.assign(ranks.size() + 1, 0);
     for (int r = 0; r < static_cast<int>(ranks.size()); ++r) {
+      first_of_rank_[static_cast<std::size_t>(r)] = remote_.size();
       if (r == root) continue;
       for (std::size_t w = 0; w < ranks[static_cast<std::size_t>(r)]; ++w) {
         auto rw = std::make_unique<remote_worker>();
@@ -155,13 +157,15 @@ class cluster_transport final : public worker_transport {
         remote_.push_back(std::move(rw));
       }
     }
+    first_of_rank_.back() = remote_.size();
   }
 
-  /// The remote worker `worker` of `rank`, or null. For the MPI thread.
+  /// The remote worker `worker` of `rank`, or null. For the MPI thread (once
+  /// per message: a table, not a search).
   remote_worker* find(int rank, std::uint32_t worker) noexcept {
-    for (auto& w : remote_)
-      if (w->rank == rank && w->worker == worker) return w.get();
-    return nullptr;
+    if (rank < 0 || static_cast<std::size_t>(rank) + 1 >= first_of_rank_.size()) return nullptr;
+    const std::size_t i = first_of_rank_[static_cast<std::size_t>(rank)] + worker;
+    return i < first_of_rank_[static_cast<std::size_t>(rank) + 1] ? remote_[i].get() : nullptr;
   }
 
   /// Every worker of `rank` is gone with it: waiters wake, jobs fail with `why`.
@@ -373,7 +377,8 @@ class cluster_transport final : public worker_transport {
   worker_set& local_;
   local_transport local_transport_;
   std::shared_ptr<mpi_link> link_;  // shared: a job may outlive the cluster that made it
-  std::vector<std::unique_ptr<remote_worker>> remote_;
+  std::vector<std::unique_ptr<remote_worker>> remote_;  // by rank, then worker
+  std::vector<std::size_t> first_of_rank_;  // rank r's workers: remote_[first_of_rank_[r], first_of_rank_[r + 1])
 };
 
 }  // namespace coshard::detail

@@ -64,8 +64,10 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   /// workers (a cluster adds remote ones); empty: those workers alone.
   using transport_maker = std::function<std::unique_ptr<worker_transport>(worker_set&)>;
 
-  /// Starts the supervisor and the workers (see worker_set).
-  explicit pool_core(const pool_options& options, const transport_maker& make_transport = {});
+  /// Starts the supervisor and the workers (see worker_set; `local_workers`
+  /// replaces options.workers, and may be 0 under a cluster's transport).
+  explicit pool_core(const pool_options& options, const transport_maker& make_transport = {},
+                     std::optional<std::size_t> local_workers = std::nullopt);
 
   pool_core(const pool_core&) = delete;
   pool_core& operator=(const pool_core&) = delete;
@@ -264,9 +266,10 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
 };
 
 #if COSHARD_DEFINE_MACHINERY
-COSHARD_DECL pool_core::pool_core(const pool_options& options, const transport_maker& make_transport)
+COSHARD_DECL pool_core::pool_core(const pool_options& options, const transport_maker& make_transport,
+                                  std::optional<std::size_t> local_workers)
     : owner_(current_pid()),
-      workers(options),
+      workers(options, local_workers),
       transport_(make_transport ? make_transport(workers) : std::make_unique<local_transport>(workers)),
       transport(*transport_),
       scheduler(transport.slot_count()) {}

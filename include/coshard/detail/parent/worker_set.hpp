@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <new>
 #include <string>
@@ -125,9 +126,13 @@ class worker_set {
   /// Forks the supervisor, has it start every worker and waits until all are
   /// ready (their initializers ran), within startup_timeout. Throws
   /// pool_error naming the first worker that failed; nothing is left behind.
-  explicit worker_set(const pool_options& opts)
+  /// `slot_count`, if given, replaces opts.workers and may be 0 (a cluster's
+  /// root that leaves the work to the other ranks: a supervisor, no worker).
+  explicit worker_set(const pool_options& opts, std::optional<std::size_t> slot_count = std::nullopt)
       : opts_(checked(opts)),
-        slots_(opts.workers ? opts.workers : std::max(1u, std::thread::hardware_concurrency())),
+        slots_(slot_count ? *slot_count
+                          : opts.workers ? opts.workers
+                                         : std::max(1u, std::thread::hardware_concurrency())),
         pages_(slots_.size()),
         settings_([this](std::uint32_t slot) { return settings(slot); }),
         link_(opts_.start == start_method::exec ? exec_supervisor(opts_, slots_.size(), pages_.fd())
