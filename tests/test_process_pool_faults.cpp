@@ -486,6 +486,42 @@ TEST_CASE("chaos: map_reduce over 10^5 items while workers are SIGKILLed at rand
   });
 }
 
+namespace {
+std::atomic<int>* const held_item_runs = coshard_test::shared_with_forks<std::atomic<int>>();
+}  // namespace
+
+TEST_CASE("map_reduce: the partial a dying worker held is computed again, its items counted once") {
+  // A reduce batch is folded into a partial its worker keeps until the
+  // parent asks for it (every 64 batches, 8 MiB of inputs, or when the
+  // worker has nothing else to do). Item 300 kills its worker once, about
+  // 30 batches of 10 into the job: that worker still holds the partial of
+  // the batches it answered, and they must run again.
+  held_item_runs->store(0);
+  with_pool({.workers = 2}, [](coshard::process_pool& pool) {
+    coshard::job_progress last{};
+    coshard::job_options o;
+    o.batch_size = 10;
+    o.progress = [&last](const coshard::job_progress& p) { last = p; };
+    const long sum = pool.map_reduce(
+        iota_vector(2000),
+        [](long x) {
+          std::this_thread::sleep_for(200us);
+          if (x == 300 && held_item_runs->fetch_add(1) == 0) ::raise(SIGKILL);
+          return x;
+        },
+        std::plus<>{}, 0L, o);
+    CHECK(sum == 1999L * 2000 / 2);
+    CHECK(held_item_runs->load() == 2);  // item 300 ran again, once
+    CHECK(last.finished);
+    CHECK(last.items_done == 2000);  // the batches that ran twice count once
+    CHECK(last.items_failed == 0);
+    CHECK(last.workers_replaced == 1);
+    // More than the dead worker's unanswered batches (at most 2 of 10 items)
+    // came back: the ones whose partial it held.
+    CHECK(last.items_retried > 40);
+  });
+}
+
 TEST_CASE("item_timeout cancels a slow awaitable item and kills a stuck plain one") {
   with_pool({.workers = 2, .item_timeout = 200ms, .timeout_grace = 300ms}, [](coshard::process_pool& pool) {
     SECTION("awaitable: cancelled through Asio at the timeout") {

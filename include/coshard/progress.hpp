@@ -12,7 +12,10 @@ namespace coshard {
 /// A running job's counts, passed to job_options::progress. Counts move as
 /// batches come back; each call's counts are at least the previous call's.
 struct job_progress {
-  /// Items whose result came back (in map_settled: whose value came back).
+  /// Items whose result came back (in map_settled: whose value came back;
+  /// in a reduce job: folded into the partial their worker holds until the
+  /// parent asks for it, and counted once even if that partial is lost with
+  /// its worker and the items run again).
   std::size_t items_done = 0;
   /// Items that failed: a task_error, a worker_crashed, a timeout_error, or an
   /// input that could not be sent. Not in items_done: done + failed counts

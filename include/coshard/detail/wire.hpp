@@ -16,6 +16,7 @@ enum class frame_type : std::uint8_t {
   batch = 2,      // payload: `count` encoded inputs starting at `first_index`
   job_end = 3,    // no payload: the worker drops the job's state
   cancel = 4,     // no payload: skip queued items, cancel running coroutines
+  flush = 5,      // no payload: reply with the reduce partial held since the last flush
   // worker -> parent
   result = 10,       // payload: `count` encoded results, or one partial for reduce jobs
   task_failed = 11,  // payload: item_failure (the batch's first failing item)
@@ -24,6 +25,15 @@ enum class frame_type : std::uint8_t {
 };
 
 inline constexpr std::uint32_t frame_magic = 0x31485343;  // "CSH1"
+
+// frame_header::flags of a reduce job's frames. A batch flagged hold_partial
+// is folded into the partial its worker keeps for the job, and answered by a
+// result with partial_held and no payload; a flush is answered by a result
+// flagged flushed carrying that partial (every batch answered partial_held
+// since the previous flush), which the worker then starts afresh.
+inline constexpr std::uint8_t batch_hold_partial = 1;
+inline constexpr std::uint8_t result_partial_held = 1;
+inline constexpr std::uint8_t result_flushed = 2;
 
 // Fixed-size header in native byte order: parent and workers are the same
 // binary on the same machine.
@@ -48,6 +58,7 @@ inline bool known_frame_type(frame_type t) {
     case frame_type::batch:
     case frame_type::job_end:
     case frame_type::cancel:
+    case frame_type::flush:
     case frame_type::result:
     case frame_type::task_failed:
     case frame_type::job_failed:

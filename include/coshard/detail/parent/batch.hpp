@@ -26,6 +26,12 @@ struct batch_record {
   std::vector<std::uint32_t> offsets;
   std::uint32_t crashes = 0;  // deaths of a worker that held only this batch
   bool suspect = false;       // held by a worker that died: runs alone until cleared
+  // Reduce jobs: answered, its partial folded into the one its worker holds
+  // until the next flush (a death loses it: the batch runs again).
+  bool parked = false;
+  // Its items were counted done once already (it ran again after its
+  // worker died holding its partial): not counted twice.
+  bool counted = false;
 
   /// Byte offset of item `k` (k == count: the end).
   [[nodiscard]] std::size_t item_offset(std::size_t k) const noexcept {

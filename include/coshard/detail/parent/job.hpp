@@ -35,7 +35,7 @@ class job final : public job_engine {
   job(worker_transport& transport, slot_scheduler& scheduler, pool_counters& counters, job_settings settings,
       std::uint64_t job_id, View inputs, byte_buffer job_start, Collector collector)
       : job_engine(transport, scheduler, counters, settings, job_id, std::move(job_start),
-                   job_shape{Spec::traits::is_awaitable, Collector::settled, streaming}),
+                   job_shape{Spec::traits::is_awaitable, Collector::settled, streaming, Collector::is_reduce}),
         inputs_(std::move(inputs)),
         collector_(std::move(collector)) {}
 

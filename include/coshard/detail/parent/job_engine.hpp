@@ -54,16 +54,27 @@ struct job_shape {
   bool awaitable = false;  // the function returns an awaitable: items overlap in a worker
   bool settled = false;    // every item's outcome is kept; a failed item does not end the job
   bool streaming = false;  // the input is an inbox of submitted tasks, never done while tasks may come
+  bool reduce = false;     // one partial per batch: workers hold them until a flush
 };
 
 class job_engine {
   static constexpr std::uint64_t job_start_batch = ~std::uint64_t{0};
+  static constexpr std::uint64_t flush_batch = ~std::uint64_t{0} - 1;
+  // A worker is asked for its reduce partial once it holds this many
+  // batches' worth, or their inputs (kept to run them again should it die)
+  // take this many bytes, or it has nothing else to do: what a death can
+  // cost, and the memory a lazy input may take.
+  static constexpr std::size_t max_parked = 64;
+  static constexpr std::size_t max_parked_bytes = std::size_t{8} << 20;
   static constexpr int max_idle_deaths = 50;
   static constexpr std::size_t max_lingering_job_bytes = 64 * 1024;
 
   // The parent's side of one worker slot during this job.
   struct channel {
-    std::list<batch_record> held;  // sent, not yet answered: exactly what a death loses
+    std::list<batch_record> held;  // sent and not answered, or parked: exactly what a death loses
+    std::size_t parked = 0;        // of `held`, answered with their partial kept by the worker
+    std::size_t parked_bytes = 0;  // their payloads
+    bool flush_sent = false;       // a flush is out: its reply takes every parked batch
     worker_channel* link = nullptr;  // while a coroutine serves the slot
     bool reading = false;  // waiting for a reply: a cancel may interrupt the read
     bool cancel_sent = false;
@@ -233,6 +244,9 @@ class job_engine {
     }
   }
 
+  // Batches a worker has not answered yet (parked ones are answered).
+  [[nodiscard]] static std::size_t unanswered(const channel& ch) { return ch.held.size() - ch.parked; }
+
   [[nodiscard]] bool all_answered() const {
     return std::all_of(channels_.begin(), channels_.end(), [](const channel& c) { return c.held.empty(); });
   }
@@ -326,8 +340,11 @@ class job_engine {
 
   [[nodiscard]] bool can_send(std::size_t i) {
     const channel& ch = channels_[i];
-    if (must_retire(i) || ch.held.size() >= max_held_) return false;
-    return !(ch.held.size() == 1 && ch.held.front().suspect);
+    if (must_retire(i) || unanswered(ch) >= max_held_) return false;
+    if (unanswered(ch) != 1) return true;
+    for (const batch_record& rec : ch.held)
+      if (!rec.parked) return !rec.suspect;
+    return true;
   }
 
   // Retries first, then fresh input. A suspect batch is only sent to a worker
@@ -335,7 +352,7 @@ class job_engine {
   std::optional<batch_record> next_batch(const channel& ch, std::size_t budget) {
     if (stopping()) return std::nullopt;
     if (!retry_.empty()) {
-      if (retry_.front().suspect && !ch.held.empty()) return std::nullopt;
+      if (retry_.front().suspect && unanswered(ch) != 0) return std::nullopt;
       batch_record rec = std::move(retry_.front());
       retry_.pop_front();
       if (rec.count > budget) {  // give the worker what it may still run, keep the rest
@@ -372,6 +389,7 @@ class job_engine {
     out.first = rec.first + from;
     out.count = static_cast<std::uint32_t>(to - from);
     out.item_size = rec.item_size;
+    out.counted = rec.counted;
     const std::size_t begin = rec.item_offset(from), end = rec.item_offset(to);
     out.payload = spare_.take();
     out.payload.append(rec.payload.data() + begin, end - begin);
@@ -422,12 +440,27 @@ class job_engine {
               [](const batch_record& a, const batch_record& b) { return a.first < b.first; });
   }
 
+  // Forgets the batches whose partial the worker held (flushed, or of no more use).
+  void drop_parked(channel& ch) {
+    for (auto it = ch.held.begin(); it != ch.held.end();) {
+      if (!it->parked) {
+        ++it;
+        continue;
+      }
+      spare_.give(std::move(it->payload));
+      it = ch.held.erase(it);
+    }
+    ch.parked = 0;
+    ch.parked_bytes = 0;
+    ch.flush_sent = false;
+  }
+
   // Takes the batch whose write just failed back from the worker's held list.
   void unsend_last(std::size_t i) {
     channel& ch = channels_[i];
     batch_record rec = std::move(ch.held.back());
     ch.held.pop_back();
-    if (ch.held.empty()) worker_idle(i);
+    if (unanswered(ch) == 0) worker_idle(i);
     auto& assigned = transport_.allowance(i).items_assigned;
     assigned -= std::min<std::size_t>(assigned, rec.count);
     retry_.push_back(std::move(rec));
@@ -450,7 +483,7 @@ class job_engine {
       *self = nullptr;
       if (j.shape_.streaming) j.detach_input_wake();
       for (std::size_t i = 0; i < j.channels_.size(); ++i) {
-        if (!j.channels_[i].held.empty()) j.worker_idle(i);
+        if (unanswered(j.channels_[i]) != 0) j.worker_idle(i);
         if (j.channels_[i].leased) {
           j.channels_[i].leased = false;
           j.transport_.release(i);
@@ -605,9 +638,12 @@ COSHARD_DECL void job_engine::serve_slot(std::size_t i) {
       // job has failed with that error, and the worker, which still owes
       // replies, must not reach the next job that leases the slot.
       transport_.release(i);
+      if (unanswered(ch) != 0) worker_idle(i);
       for (batch_record& rec : ch.held) spare_.give(std::move(rec.payload));
       ch.held.clear();
-      worker_idle(i);
+      ch.parked = 0;
+      ch.parked_bytes = 0;
+      ch.flush_sent = false;
     }
     ch.leased = false;
     --running_;
@@ -709,7 +745,7 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
     while (can_send(i) && !give_way(ch)) {
       std::optional<batch_record> rec = next_batch(ch, item_budget(i));
       if (!rec) break;
-      if (ch.held.empty()) ch.busy_since = std::chrono::steady_clock::now();
+      if (unanswered(ch) == 0) ch.busy_since = std::chrono::steady_clock::now();
       ch.held.push_back(std::move(*rec));
       update_demand();
       const batch_record& b = ch.held.back();
@@ -719,6 +755,7 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
       h.first_index = b.first;
       h.count = b.count;
       h.payload_size = b.payload.size();
+      if (shape_.reduce) h.flags = batch_hold_partial;
       try {
         if (started) {
           co_await link.send(h, b.payload.view());
@@ -740,6 +777,21 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
     if (cancelled_ && started && !ch.cancel_sent) {
       ch.cancel_sent = true;
       co_await link.send(header(frame_type::cancel), {});
+    }
+    if (ch.parked > 0 && !ch.flush_sent) {
+      if (stopping()) {
+        // The job has ended badly: its partials are of no more use.
+        if (unanswered(ch) == 0) drop_parked(ch);
+      } else if (unanswered(ch) == 0 || ch.parked >= max_parked || ch.parked_bytes >= max_parked_bytes) {
+        // Its partial is wanted: nothing else for this worker now (the job
+        // is ending, the slot goes to another job, the worker retires), or
+        // it holds enough that a death would cost much.
+        frame_header f = header(frame_type::flush);
+        f.batch = flush_batch;
+        f.first_index = ch.held.front().first;
+        ch.flush_sent = true;
+        co_await link.send(f, {});
+      }
     }
     if (ch.held.empty()) {
       if (ch.yielding) break;
@@ -766,15 +818,46 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
       handle_reply(i, h, payload, nullptr);
       continue;
     }
+    if (h.batch == flush_batch) {
+      if (!ch.flush_sent) throw serialization_error("coshard: worker pid " + std::to_string(transport_.pid(i)) +
+                                                    " answered a flush it was not sent");
+      if (h.type == frame_type::result) {
+        if (!stopping()) {
+          try {
+            (void)on_result(h, payload, transport_.pid(i));
+          } catch (const serialization_error&) {
+            throw;
+          } catch (...) {
+            fail(std::current_exception());
+          }
+        }
+      } else {
+        handle_reply(i, h, payload, nullptr);  // the partial could not be sent: the job fails
+      }
+      drop_parked(ch);
+      if (ch.held.empty()) {
+        report_progress(/*final=*/false);
+        if (input_done_ && retry_.empty() && all_answered()) notify();
+      }
+      continue;
+    }
     auto rec = std::find_if(ch.held.begin(), ch.held.end(), [&](auto& r) { return r.id == h.batch; });
     if (rec == ch.held.end() || h.first_index != rec->first || h.count != rec->count)
       throw serialization_error("coshard: worker pid " + std::to_string(transport_.pid(i)) +
                                 " replied to a batch it does not hold");
+    if (rec->parked)
+      throw serialization_error("coshard: worker pid " + std::to_string(transport_.pid(i)) + " answered a batch twice");
     handle_reply(i, h, payload, &*rec);
-    spare_.give(std::move(rec->payload));
-    ch.held.erase(rec);
+    if (h.type == frame_type::result && (h.flags & result_partial_held) && !stopping()) {
+      rec->parked = true;  // its partial stays in the worker until the next flush
+      ++ch.parked;
+      ch.parked_bytes += rec->payload.size();
+    } else {
+      spare_.give(std::move(rec->payload));
+      ch.held.erase(rec);
+    }
     counters_.batch_answered();
-    if (ch.held.empty()) worker_idle(i);
+    if (unanswered(ch) == 0) worker_idle(i);
     report_progress(/*final=*/false);
     flush_counters();
     ++answered;
@@ -802,8 +885,16 @@ COSHARD_DECL void job_engine::requeue_lost(std::size_t i, const worker_end& end,
   const bool unknown = status == unknown_wait_status;
   const int code = !unknown && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   const std::uint64_t timed_out = code == timeout_exit_code ? end.timed_out_index : worker_status::none;
-  const bool alone = ch.held.size() == 1;
+  const bool alone = unanswered(ch) == 1;
   for (batch_record& rec : ch.held) {
+    if (rec.parked) {
+      // Answered, but its partial died with the worker: it runs again,
+      // blamed for nothing, its items not counted twice.
+      rec.parked = false;
+      rec.counted = true;
+      retry_.push_back(std::move(rec));
+      continue;
+    }
     if (timed_out >= rec.first && timed_out < rec.first + rec.count) {
       counters_.timed_out();
       fail_item(timed_out,
@@ -849,8 +940,11 @@ COSHARD_DECL void job_engine::requeue_lost(std::size_t i, const worker_end& end,
       retry_.push_back(std::move(rec));
     }
   }
-  if (!ch.held.empty()) worker_idle(i);
+  if (unanswered(ch) != 0) worker_idle(i);
   ch.held.clear();
+  ch.parked = 0;
+  ch.parked_bytes = 0;
+  ch.flush_sent = false;
   sort_retries();
 }
 
@@ -862,9 +956,11 @@ COSHARD_DECL void job_engine::handle_reply(std::size_t i, const frame_header& h,
       sizer_.observe(h.count, h.elapsed_ns);
       if (stopping() && !shape_.settled) return;  // a failed job's late results are dropped
       if (cancelled_) return;
+      if ((h.flags & result_partial_held) && !shape_.reduce)
+        throw serialization_error("coshard: worker pid " + std::to_string(pid) + " held a partial of a job with none");
       try {
-        const std::size_t failed = on_result(h, payload, pid);
-        progress_.items_done += h.count - failed;
+        const std::size_t failed = (h.flags & result_partial_held) ? 0 : on_result(h, payload, pid);
+        if (!rec || !rec->counted) progress_.items_done += h.count - failed;
         progress_.items_failed += failed;
       } catch (const serialization_error&) {
         throw;

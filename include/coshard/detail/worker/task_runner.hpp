@@ -62,6 +62,26 @@ class task_runner final : public job_runner {
     for (auto& lane : lanes_) lane->signal.emit(asio::cancellation_type::terminal);
   }
 
+  void on_flush(const frame_header& h) override {
+    byte_buffer out = ctx_.take_buffer();
+    if constexpr (is_reduce) {
+      if (held_) {
+        try {
+          encode_or_rollback(out, *held_, false);
+        } catch (...) {
+          held_.reset();
+          send_task_failed(ctx_, h, {failure_kind::threw, h.first_index, describe_current_exception()});
+          return;
+        }
+        held_.reset();
+      }
+    }
+    frame_header reply = reply_header(h, frame_type::result);
+    reply.flags = result_flushed;
+    reply.payload_size = out.size();
+    ctx_.send(reply, std::move(out));
+  }
+
  private:
   decltype(auto) call(T&& item) { return invoke_task(fn_, shared_, std::move(item)); }
 
@@ -86,6 +106,30 @@ class task_runner final : public job_runner {
                                 " bytes encoded, above max_frame_bytes (" +
                                 std::to_string(ctx_.max_frame_bytes()) + ")");
     }
+  }
+
+  // A reduce batch's partial: folded into the one this worker holds for the
+  // job (answered with no payload) if the batch says so, else sent now.
+  void reply_partial(const frame_header& h, Acc&& acc, std::uint64_t started_ns) {
+    byte_buffer out = ctx_.take_buffer();
+    frame_header reply = reply_header(h, frame_type::result);
+    try {
+      if (h.flags & batch_hold_partial) {
+        if (held_)
+          *held_ = reduce_(std::move(*held_), std::move(acc));
+        else
+          held_.emplace(std::move(acc));
+        reply.flags = result_partial_held;
+      } else {
+        encode_or_rollback(out, acc, false);
+      }
+    } catch (...) {
+      send_task_failed(ctx_, h, {failure_kind::threw, h.first_index, describe_current_exception()});
+      return;
+    }
+    reply.elapsed_ns = steady_now_ns() - started_ns;
+    reply.payload_size = out.size();
+    ctx_.send(reply, std::move(out));
   }
 
   // Trivially copyable inputs: the batch's size is checked once, then each
@@ -113,7 +157,8 @@ class task_runner final : public job_runner {
     if constexpr (raw_inputs)
       if (!raw_batch_size_ok(h, payload)) return;
     input_archive in(payload);
-    byte_buffer out = ctx_.take_buffer();
+    byte_buffer out;  // results (a reduce batch's partial goes through reply_partial)
+    if constexpr (!is_reduce) out = ctx_.take_buffer();
     std::optional<Acc> acc;
     if constexpr (is_reduce) acc.emplace(init_);
     const auto timeout = static_cast<std::uint64_t>(ctx_.item_timeout().count());
@@ -157,12 +202,8 @@ class task_runner final : public job_runner {
     }
     if constexpr (!raw_inputs) check_fully_consumed(in, "batch");
     if constexpr (is_reduce) {
-      try {
-        encode_or_rollback(out, *acc, false);
-      } catch (...) {
-        send_task_failed(ctx_, h, {failure_kind::threw, h.first_index, describe_current_exception()});
-        return;
-      }
+      reply_partial(h, std::move(*acc), t0);
+      return;
     }
     frame_header reply = reply_header(h, frame_type::result);
     reply.elapsed_ns = steady_now_ns() - t0;
@@ -299,12 +340,14 @@ class task_runner final : public job_runner {
         return;
       }
     }
+    if constexpr (is_reduce) {
+      reply_partial(b.header, std::move(b.out), b.started_ns);
+      return;
+    }
     byte_buffer out = ctx_.take_buffer();
     std::uint32_t i = 0;
     try {
-      if constexpr (is_reduce) {
-        encode_or_rollback(out, b.out, false);
-      } else {
+      if constexpr (!is_reduce) {
         for (; i < b.header.count; ++i) {
           if constexpr (settled) {
             if (b.failures[i]) {
@@ -338,6 +381,7 @@ class task_runner final : public job_runner {
   [[no_unique_address]] Reduce reduce_;
   S shared_;
   Acc init_;
+  std::optional<Acc> held_;  // reduce: the batches answered partial_held since the last flush, folded
   std::deque<std::pair<std::shared_ptr<batch_state>, std::uint32_t>> pending_;
   std::list<std::shared_ptr<lane_state>> lanes_;
   bool cancelled_ = false;

@@ -86,6 +86,9 @@ class job_runner : public std::enable_shared_from_this<job_runner> {
   /// Skips every queued item and cancels the running coroutines; each held
   /// batch still gets its reply.
   virtual void cancel() = 0;
+  /// Replies to a flush (reduce jobs: with the partial held; others never
+  /// get one).
+  virtual void on_flush(const frame_header& h) = 0;
 };
 
 inline std::uint64_t steady_now_ns() {
@@ -97,6 +100,7 @@ inline std::uint64_t steady_now_ns() {
 inline frame_header reply_header(const frame_header& batch, frame_type type) {
   frame_header h = batch;
   h.type = type;
+  h.flags = 0;
   h.payload_size = 0;
   h.elapsed_ns = 0;
   return h;

@@ -239,6 +239,13 @@ class worker_process final : public worker_context {
       case frame_type::cancel:
         if (runner_ && h.job == job_) runner_->cancel();
         return;
+      case frame_type::flush:
+        if (!runner_ || h.job != job_) {
+          send_job_failed(h, {"coshard::pool_error", "flush for a job this worker did not start"});
+          return;
+        }
+        runner_->on_flush(h);
+        return;
       default:
         throw serialization_error("coshard: unexpected frame type " +
                                   std::to_string(static_cast<int>(h.type)) + " from the parent");
