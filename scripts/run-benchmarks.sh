@@ -4,7 +4,8 @@
 # target of docs/BENCHMARKS.md with its ratio and writes the JSON and a
 # summary.md into the results directory; benchmarks/plot.py draws the PNGs.
 # Then scripts/compare-crawler.sh runs the crawler against the Python
-# crawler on nginx (writes crawler.json there too).
+# crawler on nginx (writes crawler.json there too), and
+# scripts/compare-mpi.sh the cluster against the local pool and mpi4py.
 #
 #   scripts/run-benchmarks.sh [RESULTS_DIR [PLOT_DIR]]     (defaults: results, results/img)
 #
@@ -37,3 +38,4 @@ fi
 /usr/bin/python3 benchmarks/plot.py "$results" --out "$plots"
 
 ./scripts/compare-crawler.sh "$results"
+./scripts/compare-mpi.sh | tee "$results/mpi.md"

@@ -262,9 +262,12 @@ class rank_server {
 
   std::chrono::milliseconds root_timeout_;
   int root_;
-  asio::io_context io_{1};
+  // Destroyed in reverse: the channels and the link (registered with io_)
+  // before io_, and io_ (which destroys the coroutines still pending, e.g. a
+  // replacement being started) before the workers those coroutines use.
   worker_set workers_;
   local_transport transport_;
+  asio::io_context io_{1};
   mpi_link link_;
   std::vector<slot> slots_;
   bool stopping_ = false;
