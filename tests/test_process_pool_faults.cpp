@@ -522,6 +522,69 @@ TEST_CASE("map_reduce: the partial a dying worker held is computed again, its it
   });
 }
 
+namespace {
+// A partial that kills its worker when it is encoded covering more than 15
+// items: a held partial of two batches of 10 can never be sent.
+struct fragile_sum {
+  long value = 0;
+  long items = 0;
+  template <class Archive>
+  void save(Archive& ar) const {
+    if (items > 15) ::raise(SIGKILL);
+    ar(value, items);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(value, items);
+  }
+};
+struct add_fragile {
+  fragile_sum operator()(fragile_sum a, long x) const { return {a.value + x, a.items + 1}; }
+  fragile_sum operator()(fragile_sum a, const fragile_sum& b) const { return {a.value + b.value, a.items + b.items}; }
+};
+struct concatenate {
+  std::vector<long> operator()(std::vector<long> a, long x) const {
+    a.push_back(x);
+    return a;
+  }
+  std::vector<long> operator()(std::vector<long> a, const std::vector<long>& b) const {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  }
+};
+}  // namespace
+
+TEST_CASE("map_reduce: a held partial that cannot be sent costs a rerun, not the job or a loop") {
+  SECTION("its worker dies encoding it: the batches run again, their partials sent one by one") {
+    with_pool({.workers = 2}, [](coshard::process_pool& pool) {
+      coshard::job_options o;
+      o.batch_size = 10;
+      std::size_t replaced = 0;
+      o.progress = [&replaced](const coshard::job_progress& p) { replaced = p.workers_replaced; };
+      const fragile_sum s = pool.map_reduce(iota_vector(100), [](long x) { return x; }, add_fragile{},
+                                            fragile_sum{}, o);
+      CHECK(s.value == 99L * 100 / 2);
+      CHECK(s.items == 100);
+      CHECK(replaced >= 1);
+      CHECK(replaced <= 2);  // one death per worker that held two batches, then no more holding
+    });
+  }
+  SECTION("it is larger than max_frame_bytes: the same, with no death") {
+    with_pool({.workers = 2, .max_frame_bytes = 64 * 1024}, [](coshard::process_pool& pool) {
+      coshard::job_options o;
+      o.batch_size = 200;  // one batch's partial: 1.6 KB; 64 of them held: 100 KB
+      coshard::job_progress last{};
+      o.progress = [&last](const coshard::job_progress& p) { last = p; };
+      const auto all = pool.map_reduce(iota_vector(40'000), [](long x) { return x; }, concatenate{},
+                                       std::vector<long>{}, o);
+      REQUIRE(all.size() == 40'000);
+      CHECK(std::accumulate(all.begin(), all.end(), 0L) == 39'999L * 40'000 / 2);
+      CHECK(last.workers_replaced == 0);
+      CHECK(last.items_done == 40'000);
+    });
+  }
+}
+
 TEST_CASE("item_timeout cancels a slow awaitable item and kills a stuck plain one") {
   with_pool({.workers = 2, .item_timeout = 200ms, .timeout_grace = 300ms}, [](coshard::process_pool& pool) {
     SECTION("awaitable: cancelled through Asio at the timeout") {

@@ -81,7 +81,9 @@ class frame_reader {
   /// can pass the frame on in one message without copying it. Reads of at
   /// most 4 KiB find the header, and the rest of a large payload is read
   /// straight into `out`; only what those reads brought is copied. Errors as
-  /// read().
+  /// read(). Unlike read(), a call interrupted midway cannot be resumed (the
+  /// bytes it took are in `out`): the channel is to be given up then, as the
+  /// rank relay does.
   template <class Stream>
   asio::awaitable<void> read_into(Stream& s, frame_header& h, byte_buffer& out, std::size_t headroom) {
     consume();

@@ -34,6 +34,10 @@ inline constexpr std::uint32_t frame_magic = 0x31485343;  // "CSH1"
 inline constexpr std::uint8_t batch_hold_partial = 1;
 inline constexpr std::uint8_t result_partial_held = 1;
 inline constexpr std::uint8_t result_flushed = 2;
+// A flush answered with no partial: it could not be encoded (e.g. above
+// max_frame_bytes); the worker dropped it, and the parked batches run again
+// with their partials travelling one by one.
+inline constexpr std::uint8_t result_flush_refused = 4;
 
 // Fixed-size header in native byte order: parent and workers are the same
 // binary on the same machine.

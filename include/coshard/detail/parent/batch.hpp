@@ -32,6 +32,10 @@ struct batch_record {
   // Its items were counted done once already (it ran again after its
   // worker died holding its partial): not counted twice.
   bool counted = false;
+  // Its partial travels with its reply, not held: it was parked when its
+  // worker died answering a flush, or when a flush could not be sent, so
+  // the partial itself may be to blame; alone, the usual rules convict it.
+  bool no_hold = false;
 
   /// Byte offset of item `k` (k == count: the end).
   [[nodiscard]] std::size_t item_offset(std::size_t k) const noexcept {

@@ -33,6 +33,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "coshard/detail/item_failure.hpp"
@@ -75,6 +76,7 @@ class job_engine {
     std::size_t parked = 0;        // of `held`, answered with their partial kept by the worker
     std::size_t parked_bytes = 0;  // their payloads
     bool flush_sent = false;       // a flush is out: its reply takes every parked batch
+    bool partial_left = false;     // the job stopped with a partial in the worker: job_end frees it
     worker_channel* link = nullptr;  // while a coroutine serves the slot
     bool reading = false;  // waiting for a reply: a cancel may interrupt the read
     bool cancel_sent = false;
@@ -352,7 +354,9 @@ class job_engine {
   std::optional<batch_record> next_batch(const channel& ch, std::size_t budget) {
     if (stopping()) return std::nullopt;
     if (!retry_.empty()) {
-      if (retry_.front().suspect && unanswered(ch) != 0) return std::nullopt;
+      // (Parked batches too: a flush first, so that isolating a poison item
+      // does not cost them again each time it kills the worker.)
+      if (retry_.front().suspect && !ch.held.empty()) return std::nullopt;
       batch_record rec = std::move(retry_.front());
       retry_.pop_front();
       if (rec.count > budget) {  // give the worker what it may still run, keep the rest
@@ -438,6 +442,26 @@ class job_engine {
   void sort_retries() {
     std::sort(retry_.begin(), retry_.end(),
               [](const batch_record& a, const batch_record& b) { return a.first < b.first; });
+  }
+
+  // Sends the parked batches again (their worker's partial is lost or could
+  // not be sent); `no_hold`: each one's partial then travels with its reply.
+  void requeue_parked(channel& ch, bool no_hold) {
+    for (auto it = ch.held.begin(); it != ch.held.end();) {
+      if (!it->parked) {
+        ++it;
+        continue;
+      }
+      it->parked = false;
+      it->counted = true;
+      it->no_hold = it->no_hold || no_hold;
+      retry_.push_back(std::move(*it));
+      it = ch.held.erase(it);
+    }
+    ch.parked = 0;
+    ch.parked_bytes = 0;
+    ch.flush_sent = false;
+    sort_retries();
   }
 
   // Forgets the batches whose partial the worker held (flushed, or of no more use).
@@ -534,6 +558,9 @@ class job_engine {
   std::uint64_t next_batch_id_ = 0;
   bool cancelled_ = false;
   bool cut_by_forced_shutdown_ = false;
+  // A flush failed or its worker died answering one: this job's partials
+  // travel with their batches from now on.
+  bool stop_holding_ = false;
   buffer_pool spare_;
   std::exception_ptr failure_;
   lowest_index_failure<std::exception_ptr> first_item_error_;
@@ -755,7 +782,7 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
       h.first_index = b.first;
       h.count = b.count;
       h.payload_size = b.payload.size();
-      if (shape_.reduce) h.flags = batch_hold_partial;
+      if (shape_.reduce && !stop_holding_ && !b.no_hold) h.flags = batch_hold_partial;
       try {
         if (started) {
           co_await link.send(h, b.payload.view());
@@ -781,7 +808,10 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
     if (ch.parked > 0 && !ch.flush_sent) {
       if (stopping()) {
         // The job has ended badly: its partials are of no more use.
-        if (unanswered(ch) == 0) drop_parked(ch);
+        if (unanswered(ch) == 0) {
+          drop_parked(ch);
+          ch.partial_left = true;
+        }
       } else if (unanswered(ch) == 0 || ch.parked >= max_parked || ch.parked_bytes >= max_parked_bytes) {
         // Its partial is wanted: nothing else for this worker now (the job
         // is ending, the slot goes to another job, the worker retires), or
@@ -821,7 +851,13 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
     if (h.batch == flush_batch) {
       if (!ch.flush_sent) throw serialization_error("coshard: worker pid " + std::to_string(transport_.pid(i)) +
                                                     " answered a flush it was not sent");
-      if (h.type == frame_type::result) {
+      if (h.type != frame_type::result)
+        throw serialization_error("coshard: worker pid " + std::to_string(transport_.pid(i)) +
+                                  " answered a flush with frame type " + std::to_string(static_cast<int>(h.type)));
+      if (h.flags & result_flush_refused) {
+        stop_holding_ = true;  // this job's partials grow too large to hold
+        requeue_parked(ch, /*no_hold=*/true);
+      } else {
         if (!stopping()) {
           try {
             (void)on_result(h, payload, transport_.pid(i));
@@ -831,14 +867,13 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
             fail(std::current_exception());
           }
         }
-      } else {
-        handle_reply(i, h, payload, nullptr);  // the partial could not be sent: the job fails
+        drop_parked(ch);
       }
-      drop_parked(ch);
-      if (ch.held.empty()) {
-        report_progress(/*final=*/false);
-        if (input_done_ && retry_.empty() && all_answered()) notify();
-      }
+      if (opts_.max_worker_rss_bytes && (std::uint64_t{h.rss_mib} << 20) > opts_.max_worker_rss_bytes)
+        transport_.allowance(i).retire = true;
+      report_progress(/*final=*/false);
+      flush_counters();
+      notify();
       continue;
     }
     auto rec = std::find_if(ch.held.begin(), ch.held.end(), [&](auto& r) { return r.id == h.batch; });
@@ -850,6 +885,8 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
     handle_reply(i, h, payload, &*rec);
     if (h.type == frame_type::result && (h.flags & result_partial_held) && !stopping()) {
       rec->parked = true;  // its partial stays in the worker until the next flush
+      rec->suspect = false;  // it ran to the end: none of its items is to blame
+      rec->crashes = 0;
       ++ch.parked;
       ch.parked_bytes += rec->payload.size();
     } else {
@@ -870,7 +907,8 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
   // job_start replaces it anyway. A small job is left in place instead,
   // saving a write here and a wake-up of the worker; a large one (a big
   // shared value) is freed now.
-  if (started && job_start_.size() > max_lingering_job_bytes) co_await link.send(header(frame_type::job_end), {});
+  if (started && (job_start_.size() > max_lingering_job_bytes || std::exchange(ch.partial_left, false)))
+    co_await link.send(header(frame_type::job_end), {});
   co_return false;
 }
 
@@ -886,12 +924,19 @@ COSHARD_DECL void job_engine::requeue_lost(std::size_t i, const worker_end& end,
   const int code = !unknown && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   const std::uint64_t timed_out = code == timeout_exit_code ? end.timed_out_index : worker_status::none;
   const bool alone = unanswered(ch) == 1;
+  // A worker that died while it owed only a flush died over the partial
+  // itself (its save, its size): those batches run again with their
+  // partials sent one by one, where a crash convicts as usual. That a
+  // flush was out at all makes the partial a suspect too.
+  const bool flush_to_blame = ch.flush_sent;
+  if (flush_to_blame) stop_holding_ = true;
   for (batch_record& rec : ch.held) {
     if (rec.parked) {
-      // Answered, but its partial died with the worker: it runs again,
-      // blamed for nothing, its items not counted twice.
+      // Answered, but its partial died with the worker: it runs again, its
+      // items not counted twice.
       rec.parked = false;
       rec.counted = true;
+      rec.no_hold = rec.no_hold || flush_to_blame;
       retry_.push_back(std::move(rec));
       continue;
     }

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -217,13 +218,14 @@ inline exec_inputs read_exec_inputs() {
   const auto h = load_trivial<exec_settings>(reinterpret_cast<const std::byte*>(config.data()));
   if (config.size() != sizeof h + h.initializer_size + h.async_initializer_size)
     throw pool_error("coshard: the supervisor's settings have the wrong size");
-  if (h.slots == 0 || h.slots > 4096) throw pool_error("coshard: the supervisor's settings name no valid slot count");
+  // 0 slots: a cluster's root that forks no worker of its own.
+  if (h.slots > 4096) throw pool_error("coshard: the supervisor's settings name no valid slot count");
   if (h.output_route > static_cast<std::uint64_t>(output_route::owner))
     throw pool_error("coshard: the supervisor's settings name no valid output route");
 
   exec_inputs in;
   in.slots = static_cast<std::size_t>(h.slots);
-  const std::size_t page_bytes = in.slots * sizeof(worker_status);
+  const std::size_t page_bytes = std::max<std::size_t>(1, in.slots) * sizeof(worker_status);  // as the owner maps them
   if (::fstat(exec_pages_fd, &st) != 0 || static_cast<std::size_t>(st.st_size) < page_bytes)
     throw pool_error("coshard: the status pages are missing or too small");
   void* p = ::mmap(nullptr, page_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, exec_pages_fd, 0);

@@ -64,20 +64,20 @@ class task_runner final : public job_runner {
 
   void on_flush(const frame_header& h) override {
     byte_buffer out = ctx_.take_buffer();
+    frame_header reply = reply_header(h, frame_type::result);
+    reply.flags = result_flushed;
     if constexpr (is_reduce) {
       if (held_) {
         try {
           encode_or_rollback(out, *held_, false);
         } catch (...) {
-          held_.reset();
-          send_task_failed(ctx_, h, {failure_kind::threw, h.first_index, describe_current_exception()});
-          return;
+          // Too large for a frame, or its save threw: not the fault of any
+          // one item. The parent runs the batches again, each partial alone.
+          reply.flags = result_flush_refused;
         }
         held_.reset();
       }
     }
-    frame_header reply = reply_header(h, frame_type::result);
-    reply.flags = result_flushed;
     reply.payload_size = out.size();
     ctx_.send(reply, std::move(out));
   }
