@@ -411,26 +411,11 @@ TEST_CASE("fixed batch sizes, captured values and same-looking lambdas") {
 
 TEST_CASE("map_reduce: workers hold their partials across batches, so few travel") {
   with_pool({.workers = 2}, [](coshard::process_pool& pool) {
-    coshard::job_options o;
-    o.batch_size = 10;
-    const auto before = pool.stats();
-    // Every item gives the same 100 keys: a partial is about 1.6 KB
-    // encoded, however many items it covers.
-    auto counts = pool.map_reduce_by_key(
-        iota_vector(2000),
-        [](long x) {
-          std::map<long, long> m;
-          for (long k = 0; k < 100; ++k) m[k] = x;
-          return m;
-        },
-        std::plus<>{}, o);
-    const auto after = pool.stats();
-    REQUIRE(counts.size() == 100);
-    CHECK(counts[42] == 1999L * 2000 / 2);
-    CHECK(after.batches - before.batches == 200);
+    const auto [batches, received] = coshard_test::run_fixed_size_partials(pool, 2000);
+    CHECK(batches == 200);
     // One partial per batch would be 200 x 1.6 KB = 320 KB. Held, a worker
     // sends one per 64 batches it answers and one at the end: at most 7.
-    CHECK(after.bytes_received - before.bytes_received < 7 * 1700);
+    CHECK(received < 7 * 1700);
   });
 }
 

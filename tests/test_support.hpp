@@ -18,6 +18,8 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <new>
 #include <set>
 #include <thread>
@@ -216,6 +218,32 @@ void with_pool_of(const Options& opts, Body body) {
 }
 
 /// with_pool_of for a coshard::process_pool.
+/// A reduce job whose partials are about 1.6 KB however many items they
+/// cover: map_reduce_by_key over 0..items-1 in batches of 10, every item
+/// giving the same 100 keys. Checks the merged counts; returns the batches
+/// answered and the payload bytes received during the job (for checking
+/// that workers hold their partials instead of sending one per batch).
+template <class Pool>
+std::pair<std::size_t, std::uint64_t> run_fixed_size_partials(Pool& pool, long items) {
+  coshard::job_options o;
+  o.batch_size = 10;
+  std::vector<long> in(static_cast<std::size_t>(items));
+  for (long i = 0; i < items; ++i) in[static_cast<std::size_t>(i)] = i;
+  const auto before = pool.stats();
+  auto counts = pool.map_reduce_by_key(
+      in,
+      [](long x) {
+        std::map<long, long> m;
+        for (long k = 0; k < 100; ++k) m[k] = x;
+        return m;
+      },
+      std::plus<>{}, o);
+  const auto after = pool.stats();
+  REQUIRE(counts.size() == 100);
+  CHECK(counts[42] == (items - 1) * items / 2);
+  return {after.batches - before.batches, after.bytes_received - before.bytes_received};
+}
+
 template <class Body>
 void with_pool(const coshard::pool_options& opts, Body body) {
   with_pool_of<coshard::process_pool>(opts, body);

@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include "coshard/mpi.hpp"
+#include "../test_support.hpp"
 
 #include <asio/co_spawn.hpp>
 #include <asio/steady_timer.hpp>
@@ -128,25 +129,11 @@ TEST_CASE("cluster: map with a shared value, map_reduce, map_reduce_by_key") {
 }
 
 TEST_CASE("cluster: reduce partials are combined in each rank's workers before they travel to the root") {
-  auto& c = *the_cluster;
-  coshard::job_options o;
-  o.batch_size = 10;
-  const auto before = c.stats();
-  auto counts = c.map_reduce_by_key(
-      iota_vector(3000),
-      [](long x) {
-        std::map<long, long> m;
-        for (long k = 0; k < 100; ++k) m[k] = x;
-        return m;
-      },
-      std::plus<>{}, o);
-  const auto after = c.stats();
-  REQUIRE(counts.size() == 100);
-  CHECK(counts[7] == 2999L * 3000 / 2);
-  CHECK(after.batches - before.batches == 300);
+  const auto [batches, received] = coshard_test::run_fixed_size_partials(*the_cluster, 3000);
+  CHECK(batches == 300);
   // 300 partials of about 1.6 KB if each batch's travelled; held, each of
   // the 3 workers sends one per 64 batches it answers and one at the end.
-  CHECK(after.bytes_received - before.bytes_received < 10 * 1700);
+  CHECK(received < 10 * 1700);
 }
 
 TEST_CASE("cluster: map_settled keeps every success beside a poison item; map raises the lowest index") {
