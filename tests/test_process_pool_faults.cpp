@@ -492,7 +492,7 @@ std::atomic<int>* const held_item_runs = coshard_test::shared_with_forks<std::at
 
 TEST_CASE("map_reduce: the partial a dying worker held is computed again, its items counted once") {
   // A reduce batch is folded into a partial its worker keeps until the
-  // parent asks for it (every 64 batches, 8 MiB of inputs, or when the
+  // parent asks for it (every 64 batches, 1 MiB of inputs, or when the
   // worker has nothing else to do). Item 300 kills its worker once, about
   // 30 batches of 10 into the job: that worker still holds the partial of
   // the batches it answered, and they must run again.

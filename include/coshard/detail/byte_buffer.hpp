@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <new>
 #include <span>
@@ -87,24 +88,32 @@ class byte_buffer {
 /// stream of batches or replies allocates nothing per frame.
 class buffer_pool {
  public:
-  /// Keeps up to `keep` buffers of up to `max_capacity` bytes each.
-  buffer_pool(std::size_t keep, std::size_t max_capacity) : keep_(keep), max_capacity_(max_capacity) {}
+  /// Keeps up to `keep` buffers of up to `max_capacity` bytes each, and
+  /// (if given) of at most `max_total` bytes together.
+  buffer_pool(std::size_t keep, std::size_t max_capacity,
+              std::size_t max_total = std::numeric_limits<std::size_t>::max())
+      : keep_(keep), max_capacity_(max_capacity), max_total_(max_total) {}
 
   byte_buffer take() {
     if (spare_.empty()) return {};
     byte_buffer b = std::move(spare_.back());
     spare_.pop_back();
+    total_ -= b.capacity();
     return b;
   }
   void give(byte_buffer b) {
     b.clear();
     b.shrink_if_above(max_capacity_);
-    if (spare_.size() < keep_) spare_.push_back(std::move(b));
+    if (spare_.size() >= keep_ || b.capacity() > max_total_ - total_) return;
+    total_ += b.capacity();
+    spare_.push_back(std::move(b));
   }
 
  private:
   std::size_t keep_;
   std::size_t max_capacity_;
+  std::size_t max_total_;
+  std::size_t total_ = 0;  // capacity of the buffers kept
   std::vector<byte_buffer> spare_;
 };
 

@@ -66,7 +66,7 @@ class job_engine {
   // take this many bytes, or it has nothing else to do: what a death can
   // cost, and the memory a lazy input may take.
   static constexpr std::size_t max_parked = 64;
-  static constexpr std::size_t max_parked_bytes = std::size_t{8} << 20;
+  static constexpr std::size_t max_parked_bytes = std::size_t{1} << 20;
   static constexpr int max_idle_deaths = 50;
   static constexpr std::size_t max_lingering_job_bytes = 64 * 1024;
 
@@ -74,7 +74,7 @@ class job_engine {
   struct channel {
     std::list<batch_record> held;  // sent and not answered, or parked: exactly what a death loses
     std::size_t parked = 0;        // of `held`, answered with their partial kept by the worker
-    std::size_t parked_bytes = 0;  // their payloads
+    std::size_t parked_bytes = 0;  // their payloads' memory
     bool flush_sent = false;       // a flush is out: its reply takes every parked batch
     bool partial_left = false;     // the job stopped with a partial in the worker: job_end frees it
     worker_channel* link = nullptr;  // while a coroutine serves the slot
@@ -100,7 +100,8 @@ class job_engine {
         sizer_(opts_, transport.slot_count(), shape.awaitable),
         max_held_(held_limit(opts_, shape.awaitable)),
         channels_(transport.slot_count()),
-        spare_(2 * transport.slot_count() * opts_.batches_in_flight, 4 * opts_.max_batch_bytes) {}
+        spare_(spare_buffers(opts_, transport.slot_count(), shape.reduce), 4 * opts_.max_batch_bytes,
+               spare_bytes(opts_, transport.slot_count(), shape.reduce)) {}
   virtual ~job_engine() = default;
   job_engine(job_engine&&) = default;  // before it runs only
   job_engine& operator=(job_engine&&) = delete;
@@ -191,6 +192,24 @@ class job_engine {
   bool input_done_ = false;
 
  private:
+  // Batch buffers kept for reuse. Reduce jobs: the batches parked in a
+  // worker give their buffers back at each flush, for the next ones (not
+  // freed and allocated again), so up to max_parked more per slot, of at
+  // most max_parked_bytes more per slot together. What is kept never
+  // exceeds what the job had in use at once.
+  static std::size_t spare_buffers(const job_settings& o, std::size_t slots, bool reduce) {
+    return 2 * slots * o.batches_in_flight + (reduce ? slots * max_parked : 0);
+  }
+  static std::size_t spare_bytes(const job_settings& o, std::size_t slots, bool reduce) {
+    constexpr std::size_t unlimited = std::numeric_limits<std::size_t>::max();
+    if (!reduce) return unlimited;  // bounded by count and size alone, as before
+    const auto product = [](std::size_t a, std::size_t b) { return a != 0 && b > unlimited / a ? unlimited : a * b; };
+    // Buffers in flight and the one that crosses the cap, each up to the
+    // pool's largest kept size (4 * max_batch_bytes), and the parked ones.
+    const std::size_t per_slot = product(2 * o.batches_in_flight + 1, 4 * o.max_batch_bytes);
+    return product(slots, std::min(unlimited - max_parked_bytes, per_slot) + max_parked_bytes);
+  }
+
   // Awaitable items overlap only if the worker holds at least `concurrency`
   // of them; a small fixed batch size is made up for with more batches.
   static std::size_t held_limit(const job_settings& o, bool awaitable) {
@@ -888,7 +907,7 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
       rec->suspect = false;  // it ran to the end: none of its items is to blame
       rec->crashes = 0;
       ++ch.parked;
-      ch.parked_bytes += rec->payload.size();
+      ch.parked_bytes += rec->payload.capacity();  // the memory it keeps
     } else {
       spare_.give(std::move(rec->payload));
       ch.held.erase(rec);
