@@ -409,13 +409,17 @@ TEST_CASE("fixed batch sizes, captured values and same-looking lambdas") {
   });
 }
 
-TEST_CASE("map_reduce: workers hold their partials across batches, so few travel") {
+TEST_CASE("map_reduce: with hold_partials, workers hold their partials across batches, so few travel") {
   with_pool({.workers = 2}, [](coshard::process_pool& pool) {
-    const auto [batches, received] = coshard_test::run_fixed_size_partials(pool, 2000);
+    const auto [batches, received] = coshard_test::run_fixed_size_partials(pool, 2000, true);
     CHECK(batches == 200);
     // One partial per batch would be 200 x 1.6 KB = 320 KB. Held, a worker
     // sends one per 64 batches it answers and one at the end: at most 7.
     CHECK(received < 7 * 1700);
+    // Local workers do not hold by default: one partial per batch.
+    const auto [batches2, received2] = coshard_test::run_fixed_size_partials(pool, 2000);
+    CHECK(batches2 == 200);
+    CHECK(received2 > 200 * 1500);
   });
 }
 

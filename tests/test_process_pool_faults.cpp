@@ -491,8 +491,8 @@ std::atomic<int>* const held_item_runs = coshard_test::shared_with_forks<std::at
 }  // namespace
 
 TEST_CASE("map_reduce: the partial a dying worker held is computed again, its items counted once") {
-  // A reduce batch is folded into a partial its worker keeps until the
-  // parent asks for it (every 64 batches, 1 MiB of inputs, or when the
+  // With hold_partials, a reduce batch is folded into a partial its worker
+  // keeps until the parent asks for it (every 64 batches, 1 MiB of inputs, or when the
   // worker has nothing else to do). Item 300 kills its worker once, about
   // 30 batches of 10 into the job: that worker still holds the partial of
   // the batches it answered, and they must run again.
@@ -501,6 +501,7 @@ TEST_CASE("map_reduce: the partial a dying worker held is computed again, its it
     coshard::job_progress last{};
     coshard::job_options o;
     o.batch_size = 10;
+    o.hold_partials = true;
     o.progress = [&last](const coshard::job_progress& p) { last = p; };
     const long sum = pool.map_reduce(
         iota_vector(2000),
@@ -559,6 +560,7 @@ TEST_CASE("map_reduce: a held partial that cannot be sent costs a rerun, not the
     with_pool({.workers = 2}, [](coshard::process_pool& pool) {
       coshard::job_options o;
       o.batch_size = 10;
+      o.hold_partials = true;
       std::size_t replaced = 0;
       o.progress = [&replaced](const coshard::job_progress& p) { replaced = p.workers_replaced; };
       const fragile_sum s = pool.map_reduce(iota_vector(100), [](long x) { return x; }, add_fragile{},
@@ -572,6 +574,7 @@ TEST_CASE("map_reduce: a held partial that cannot be sent costs a rerun, not the
   SECTION("it is larger than max_frame_bytes: the same, with no death") {
     with_pool({.workers = 2, .max_frame_bytes = 64 * 1024}, [](coshard::process_pool& pool) {
       coshard::job_options o;
+      o.hold_partials = true;
       o.batch_size = 200;  // one batch's partial: 1.6 KB; 64 of them held: 100 KB
       coshard::job_progress last{};
       o.progress = [&last](const coshard::job_progress& p) { last = p; };

@@ -21,6 +21,7 @@
 #include <functional>
 #include <map>
 #include <new>
+#include <optional>
 #include <set>
 #include <thread>
 #include <sstream>
@@ -222,11 +223,13 @@ void with_pool_of(const Options& opts, Body body) {
 /// cover: map_reduce_by_key over 0..items-1 in batches of 10, every item
 /// giving the same 100 keys. Checks the merged counts; returns the batches
 /// answered and the payload bytes received during the job (for checking
-/// that workers hold their partials instead of sending one per batch).
+/// whether workers hold their partials or send one per batch).
 template <class Pool>
-std::pair<std::size_t, std::uint64_t> run_fixed_size_partials(Pool& pool, long items) {
+std::pair<std::size_t, std::uint64_t> run_fixed_size_partials(Pool& pool, long items,
+                                                              std::optional<bool> hold_partials = std::nullopt) {
   coshard::job_options o;
   o.batch_size = 10;
+  o.hold_partials = hold_partials;
   std::vector<long> in(static_cast<std::size_t>(items));
   for (long i = 0; i < items; ++i) in[static_cast<std::size_t>(i)] = i;
   const auto before = pool.stats();

@@ -129,7 +129,7 @@ TEST_CASE("cluster: map with a shared value, map_reduce, map_reduce_by_key") {
 }
 
 TEST_CASE("cluster: reduce partials are combined in each rank's workers before they travel to the root") {
-  const auto [batches, received] = coshard_test::run_fixed_size_partials(*the_cluster, 3000);
+  const auto [batches, received] = coshard_test::run_fixed_size_partials(*the_cluster, 3000, true);
   CHECK(batches == 300);
   // 300 partials of about 1.6 KB if each batch's travelled; held, each of
   // the 3 workers sends one per 64 batches it answers and one at the end.
@@ -286,6 +286,11 @@ TEST_CASE("cluster: a root without workers of its own leaves every item to the o
   CHECK(!settled[77].ok());
   for (std::size_t i = 0; i < settled.size(); ++i)
     if (i != 77) CHECK(settled[i].value() == static_cast<long>(i));
+  // Workers on other ranks hold their reduce partials by default: a few
+  // travel, not one per batch (300 of about 1.6 KB).
+  const auto [batches, received] = coshard_test::run_fixed_size_partials(c, 3000);
+  CHECK(batches == 300);
+  CHECK(received < 10 * 1700);
 }
 
 // Run on its own (it ends the cluster's usefulness): ctest runs it as

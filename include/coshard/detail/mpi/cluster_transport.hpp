@@ -182,6 +182,7 @@ class cluster_transport final : public worker_transport {
     }
   }
 
+  [[nodiscard]] bool is_remote(std::size_t i) const noexcept override { return i >= local_transport_.slot_count(); }
   [[nodiscard]] std::size_t slot_count() const noexcept override {
     return local_transport_.slot_count() + remote_.size();
   }

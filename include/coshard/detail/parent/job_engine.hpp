@@ -801,7 +801,8 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
       h.first_index = b.first;
       h.count = b.count;
       h.payload_size = b.payload.size();
-      if (shape_.reduce && !stop_holding_ && !b.no_hold) h.flags = batch_hold_partial;
+      if (shape_.reduce && !stop_holding_ && !b.no_hold && opts_.hold_partials.value_or(transport_.is_remote(i)))
+        h.flags = batch_hold_partial;
       try {
         if (started) {
           co_await link.send(h, b.payload.view());

@@ -90,6 +90,10 @@ class worker_transport {
  public:
   virtual ~worker_transport() = default;
 
+  /// Whether slot `i`'s worker is on another machine (a cluster's other
+  /// ranks): its reduce partials are held by default (job_options::hold_partials).
+  [[nodiscard]] virtual bool is_remote(std::size_t /*i*/) const noexcept { return false; }
+
   /// How many worker slots there are; fixed for the transport's life.
   [[nodiscard]] virtual std::size_t slot_count() const noexcept = 0;
 
