@@ -84,7 +84,7 @@ def main():
               + " s (cluster / local / mpi4py)", flush=True)
 
     def med(x):
-        return statistics.median(x)
+        return statistics.median(x) if x else float("nan")  # nan: mpi4py not run (--mpi4py-rounds 0)
 
     def paired(a_, b_):
         return med([x / y for x, y in zip(a_, b_)])
