@@ -40,6 +40,14 @@ struct cluster_options {
   /// 500 ms while idle) is taken as lost: the jobs that need its workers fail
   /// with pool_error naming it.
   std::chrono::milliseconds rank_timeout{3000};
+  /// The largest batch (its encoded inputs) sent to a worker on another rank;
+  /// the lesser of this and pool.max_batch_bytes applies. A remote batch is
+  /// copied by MPI and by its rank's relay on the way in and again on the
+  /// way out, and those copies cost a fraction as much while a batch stays
+  /// in a core's cache: the trivial dispatch moved about 1.5x the items per
+  /// second with 128 KiB as with 1 MiB (docs/BENCHMARKS.md, "Across MPI
+  /// ranks"). Items larger than this still travel, one per batch.
+  std::size_t remote_batch_bytes = std::size_t{128} << 10;
   /// Everything else, as for a process_pool (batch_size, item_timeout,
   /// max_retries, ...); its `workers` and `concurrency` are the two above.
   pool_options pool{};
@@ -181,6 +189,7 @@ class cluster : private detail::mpi_session, public basic_pool {
       throw pool_error("coshard: cluster_options.root_workers is false and this MPI job has no other rank:"
                        " the cluster would have no worker (start it with mpirun -np 2 or more)");
     }
+    if (o.remote_batch_bytes == 0) throw pool_error("coshard: cluster_options.remote_batch_bytes must be at least 1");
     if (o.rank_timeout < 4 * coshard::detail::heartbeat_interval)
       throw pool_error("coshard: cluster_options.rank_timeout must be at least 4 heartbeats (2000 ms)");
     root_ = std::make_shared<detail::root_link>();
@@ -199,7 +208,8 @@ class cluster : private detail::mpi_session, public basic_pool {
     try {
       core = std::make_shared<coshard::detail::pool_core>(
           local_options(o), [&](coshard::detail::worker_set& local) {
-            auto t = std::make_unique<coshard::detail::cluster_transport>(local, link, ranks, 0);
+            auto t = std::make_unique<coshard::detail::cluster_transport>(local, link, ranks, 0,
+                                                                           o.remote_batch_bytes);
             transport_ = t.get();
             return t;
           },

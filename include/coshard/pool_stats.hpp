@@ -29,7 +29,8 @@ struct pool_stats {
   std::size_t items_retried = 0;
   /// Items that ran past item_timeout (cancelled, or their worker replaced).
   std::size_t timeouts = 0;
-  /// Batches answered by workers.
+  /// Batches answered by workers (a reduce batch whose held partial was lost
+  /// with its worker is answered, and counted, again when it reruns).
   std::size_t batches = 0;
   /// Workers replaced while jobs ran (died, timed out, or retired).
   std::size_t workers_replaced = 0;

@@ -44,16 +44,27 @@ std::vector<long> iota_vector(long n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --no-root-workers (test_mpi_no_root_workers): the root forks no worker.
-  bool root_workers = true;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--no-root-workers") != 0) continue;
-    root_workers = false;
-    for (int j = i; j + 1 < argc; ++j) argv[j] = argv[j + 1];
-    --argc;
-    break;
+  // Cluster options, taken out of argv before Catch sees it:
+  // --no-root-workers (test_mpi_no_root_workers): the root forks no worker;
+  // --remote-batch-bytes N (test_mpi_bad_remote_batch_bytes).
+  coshard::mpi::cluster_options options{.workers_per_rank = 1, .concurrency = 16};
+  for (int i = 1; i < argc;) {
+    int used = 0;
+    if (std::strcmp(argv[i], "--no-root-workers") == 0) {
+      options.root_workers = false;
+      used = 1;
+    } else if (std::strcmp(argv[i], "--remote-batch-bytes") == 0 && i + 1 < argc) {
+      options.remote_batch_bytes = std::strtoull(argv[i + 1], nullptr, 10);
+      used = 2;
+    }
+    if (used == 0) {
+      ++i;
+      continue;
+    }
+    for (int j = i; j + used < argc; ++j) argv[j] = argv[j + used];
+    argc -= used;
   }
-  coshard::mpi::cluster cluster{argc, argv, {.workers_per_rank = 1, .concurrency = 16, .root_workers = root_workers}};
+  coshard::mpi::cluster cluster{argc, argv, options};
   if (!cluster.is_root()) {
     // Job functions belong to the root: elsewhere a clear error, not a crash.
     try {
@@ -291,6 +302,15 @@ TEST_CASE("cluster: a root without workers of its own leaves every item to the o
   const auto [batches, received] = coshard_test::run_fixed_size_partials(c, 3000);
   CHECK(batches == 300);
   CHECK(received < 10 * 1700);
+  // Their batches are cut at remote_batch_bytes (128 KiB by default), below
+  // the job's max_batch_bytes (1 MiB) and its fixed batch_size: 800,000
+  // bytes of longs go in 7 batches, not 1.
+  coshard::job_options one_batch;
+  one_batch.batch_size = 100'000;
+  const auto before = c.stats().batches;
+  out = c.map(iota_vector(100'000), [](long x) { return -x; }, one_batch);
+  CHECK(c.stats().batches - before == 7);
+  for (long i = 0; i < 100'000; ++i) REQUIRE(out[static_cast<std::size_t>(i)] == -i);
 }
 
 // Run on its own (it ends the cluster's usefulness): ctest runs it as

@@ -22,6 +22,7 @@
 
 #include <chrono>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -142,10 +143,11 @@ class remote_channel final : public worker_channel {
 class cluster_transport final : public worker_transport {
  public:
   /// `ranks[r]` is how many workers rank r serves (the root's own entry is
-  /// ignored: its workers are `local`). Remote slots follow the local ones.
+  /// ignored: its workers are `local`). Remote slots follow the local ones;
+  /// batches for them are cut at `remote_batch_bytes`.
   cluster_transport(worker_set& local, std::shared_ptr<mpi_link> link, const std::vector<std::size_t>& ranks,
-                    int root)
-      : local_(local), local_transport_(local), link_(std::move(link)) {
+                    int root, std::size_t remote_batch_bytes)
+      : local_(local), local_transport_(local), link_(std::move(link)), remote_batch_bytes_(remote_batch_bytes) {
     first_of_rank_.assign(ranks.size() + 1, 0);
     for (int r = 0; r < static_cast<int>(ranks.size()); ++r) {
       first_of_rank_[static_cast<std::size_t>(r)] = remote_.size();
@@ -183,6 +185,9 @@ class cluster_transport final : public worker_transport {
   }
 
   [[nodiscard]] bool is_remote(std::size_t i) const noexcept override { return i >= local_transport_.slot_count(); }
+  [[nodiscard]] std::size_t batch_bytes_limit(std::size_t i) const noexcept override {
+    return is_remote(i) ? remote_batch_bytes_ : std::numeric_limits<std::size_t>::max();
+  }
   [[nodiscard]] std::size_t slot_count() const noexcept override {
     return local_transport_.slot_count() + remote_.size();
   }
@@ -379,7 +384,8 @@ class cluster_transport final : public worker_transport {
   local_transport local_transport_;
   std::shared_ptr<mpi_link> link_;  // shared: a job may outlive the cluster that made it
   std::vector<std::unique_ptr<remote_worker>> remote_;  // by rank, then worker
-  std::vector<std::size_t> first_of_rank_;  // rank r's workers: remote_[first_of_rank_[r], first_of_rank_[r + 1])
+  std::vector<std::size_t> first_of_rank_;
+  std::size_t remote_batch_bytes_;  // rank r's workers: remote_[first_of_rank_[r], first_of_rank_[r + 1])
 };
 
 }  // namespace coshard::detail

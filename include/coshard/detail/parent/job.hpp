@@ -53,7 +53,7 @@ class job final : public job_engine {
     }
   }
 
-  std::optional<batch_record> cut_from_input(std::size_t budget) override {
+  std::optional<batch_record> cut_from_input(std::size_t budget, std::size_t max_bytes) override {
     const std::size_t target = std::min(next_batch_size(), budget);
     batch_record rec = new_batch();
     if constexpr (bitwise_serializable<T>) rec.item_size = static_cast<std::uint32_t>(sizeof(T));
@@ -62,7 +62,7 @@ class job final : public job_engine {
     std::size_t count = 0;
     if constexpr (std::ranges::contiguous_range<range> && bitwise_serializable<T>) {
       const auto left = static_cast<std::size_t>(end - it);
-      const std::uint64_t by_bytes = std::min<std::uint64_t>(opts_.max_batch_bytes, opts_.max_frame_bytes) / sizeof(T);
+      const std::uint64_t by_bytes = std::min<std::uint64_t>(max_bytes, opts_.max_frame_bytes) / sizeof(T);
       count = std::min({target, left, static_cast<std::size_t>(std::max<std::uint64_t>(1, by_bytes))});
       rec.payload.append(std::to_address(it), count * sizeof(T));
       it += static_cast<std::ptrdiff_t>(count);
@@ -110,7 +110,7 @@ class job final : public job_engine {
         if constexpr (!bitwise_serializable<T>) rec.offsets.push_back(static_cast<std::uint32_t>(mark));
         ++it;
         ++count;
-        if (rec.payload.size() >= opts_.max_batch_bytes) break;
+        if (rec.payload.size() >= max_bytes) break;
       }
     }
     if (it == end) input_done_ = !streaming;

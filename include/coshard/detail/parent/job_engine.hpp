@@ -100,8 +100,8 @@ class job_engine {
         sizer_(opts_, transport.slot_count(), shape.awaitable),
         max_held_(held_limit(opts_, shape.awaitable)),
         channels_(transport.slot_count()),
-        spare_(spare_buffers(opts_, transport.slot_count(), shape.reduce), 4 * opts_.max_batch_bytes,
-               spare_bytes(opts_, transport.slot_count(), shape.reduce)) {}
+        spare_(spare_buffers(opts_, transport.slot_count(), may_hold(opts_, transport, shape)),
+               4 * opts_.max_batch_bytes, spare_bytes(opts_, transport.slot_count(), may_hold(opts_, transport, shape))) {}
   virtual ~job_engine() = default;
   job_engine(job_engine&&) = default;  // before it runs only
   job_engine& operator=(job_engine&&) = delete;
@@ -136,11 +136,12 @@ class job_engine {
   /// Starts reading the input: sets input_done_ if it is empty and total_ if
   /// its size is known.
   virtual void open_input() = 0;
-  /// The next batch of at most `budget` items cut from the input (made with
+  /// The next batch of at most `budget` items and (unless a single item is
+  /// larger) `max_bytes` encoded bytes cut from the input (made with
   /// new_batch() and finished with finish_cut()), or none if none is ready.
   /// Sets input_done_ at the end of the input; may throw what the input
   /// range throws, and reject single items with reject_input().
-  virtual std::optional<batch_record> cut_from_input(std::size_t budget) = 0;
+  virtual std::optional<batch_record> cut_from_input(std::size_t budget, std::size_t max_bytes) = 0;
   /// Takes a reply's results (a serialization_error if they do not decode);
   /// returns how many of its items failed (settled replies carry failures).
   virtual std::size_t on_result(const frame_header& h, std::span<const std::byte> payload, pid_t pid) = 0;
@@ -192,17 +193,27 @@ class job_engine {
   bool input_done_ = false;
 
  private:
-  // Batch buffers kept for reuse. Reduce jobs: the batches parked in a
-  // worker give their buffers back at each flush, for the next ones (not
-  // freed and allocated again), so up to max_parked more per slot, of at
-  // most max_parked_bytes more per slot together. What is kept never
-  // exceeds what the job had in use at once.
-  static std::size_t spare_buffers(const job_settings& o, std::size_t slots, bool reduce) {
-    return 2 * slots * o.batches_in_flight + (reduce ? slots * max_parked : 0);
+  // Whether any worker of the job may hold reduce partials (hold_partials,
+  // by default for remote slots only).
+  static bool may_hold(const job_settings& o, const worker_transport& transport, const job_shape& shape) {
+    if (!shape.reduce) return false;
+    if (o.hold_partials) return *o.hold_partials;
+    for (std::size_t i = 0; i < transport.slot_count(); ++i)
+      if (transport.is_remote(i)) return true;
+    return false;
   }
-  static std::size_t spare_bytes(const job_settings& o, std::size_t slots, bool reduce) {
+
+  // Batch buffers kept for reuse. Jobs whose workers hold partials: the
+  // batches parked in a worker give their buffers back at each flush, for
+  // the next ones (not freed and allocated again), so up to max_parked more
+  // per slot, of at most max_parked_bytes more per slot together. What is
+  // kept never exceeds what the job had in use at once.
+  static std::size_t spare_buffers(const job_settings& o, std::size_t slots, bool holding) {
+    return 2 * slots * o.batches_in_flight + (holding ? slots * max_parked : 0);
+  }
+  static std::size_t spare_bytes(const job_settings& o, std::size_t slots, bool holding) {
     constexpr std::size_t unlimited = std::numeric_limits<std::size_t>::max();
-    if (!reduce) return unlimited;  // bounded by count and size alone, as before
+    if (!holding) return unlimited;  // bounded by count and size alone, as before
     const auto product = [](std::size_t a, std::size_t b) { return a != 0 && b > unlimited / a ? unlimited : a * b; };
     // Buffers in flight and the one that crosses the cap, each up to the
     // pool's largest kept size (4 * max_batch_bytes), and the parked ones.
@@ -370,7 +381,7 @@ class job_engine {
 
   // Retries first, then fresh input. A suspect batch is only sent to a worker
   // that holds nothing else, so a second death convicts it alone.
-  std::optional<batch_record> next_batch(const channel& ch, std::size_t budget) {
+  std::optional<batch_record> next_batch(std::size_t i, const channel& ch, std::size_t budget) {
     if (stopping()) return std::nullopt;
     if (!retry_.empty()) {
       // (Parked batches too: a flush first, so that isolating a poison item
@@ -397,7 +408,7 @@ class job_engine {
     // over the range: nothing already cut is shifted and no worker is blamed.
     try {
       if (input_done_ || stopping()) return std::nullopt;
-      return cut_from_input(budget);
+      return cut_from_input(budget, std::min(opts_.max_batch_bytes, transport_.batch_bytes_limit(i)));
     } catch (...) {
       input_done_ = true;
       fail(std::current_exception());
@@ -463,39 +474,39 @@ class job_engine {
               [](const batch_record& a, const batch_record& b) { return a.first < b.first; });
   }
 
-  // Sends the parked batches again (their worker's partial is lost or could
-  // not be sent); `no_hold`: each one's partial then travels with its reply.
-  void requeue_parked(channel& ch, bool no_hold) {
+  // Takes every parked batch out of the worker's held list, in order, into
+  // `take`: the worker holds no partial any more.
+  template <class Take>
+  static void take_parked(channel& ch, Take take) {
     for (auto it = ch.held.begin(); it != ch.held.end();) {
       if (!it->parked) {
         ++it;
         continue;
       }
-      it->parked = false;
-      it->counted = true;
-      it->no_hold = it->no_hold || no_hold;
-      retry_.push_back(std::move(*it));
+      take(*it);
       it = ch.held.erase(it);
     }
     ch.parked = 0;
     ch.parked_bytes = 0;
     ch.flush_sent = false;
+  }
+
+  // Sends the parked batches again (their worker's partial is lost or could
+  // not be sent): answered once, their items are not counted again.
+  // `no_hold`: each one's partial then travels with its reply.
+  void requeue_parked(channel& ch, bool no_hold) {
+    take_parked(ch, [&](batch_record& rec) {
+      rec.parked = false;
+      rec.counted = true;
+      rec.no_hold = rec.no_hold || no_hold;
+      retry_.push_back(std::move(rec));
+    });
     sort_retries();
   }
 
   // Forgets the batches whose partial the worker held (flushed, or of no more use).
   void drop_parked(channel& ch) {
-    for (auto it = ch.held.begin(); it != ch.held.end();) {
-      if (!it->parked) {
-        ++it;
-        continue;
-      }
-      spare_.give(std::move(it->payload));
-      it = ch.held.erase(it);
-    }
-    ch.parked = 0;
-    ch.parked_bytes = 0;
-    ch.flush_sent = false;
+    take_parked(ch, [&](batch_record& rec) { spare_.give(std::move(rec.payload)); });
   }
 
   // Takes the batch whose write just failed back from the worker's held list.
@@ -789,7 +800,7 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
   bool started = false;
   for (;;) {
     while (can_send(i) && !give_way(ch)) {
-      std::optional<batch_record> rec = next_batch(ch, item_budget(i));
+      std::optional<batch_record> rec = next_batch(i, ch, item_budget(i));
       if (!rec) break;
       if (unanswered(ch) == 0) ch.busy_since = std::chrono::steady_clock::now();
       ch.held.push_back(std::move(*rec));
@@ -950,16 +961,9 @@ COSHARD_DECL void job_engine::requeue_lost(std::size_t i, const worker_end& end,
   // flush was out at all makes the partial a suspect too.
   const bool flush_to_blame = ch.flush_sent;
   if (flush_to_blame) stop_holding_ = true;
+  // Answered, but their partial died with the worker: they run again.
+  requeue_parked(ch, flush_to_blame);
   for (batch_record& rec : ch.held) {
-    if (rec.parked) {
-      // Answered, but its partial died with the worker: it runs again, its
-      // items not counted twice.
-      rec.parked = false;
-      rec.counted = true;
-      rec.no_hold = rec.no_hold || flush_to_blame;
-      retry_.push_back(std::move(rec));
-      continue;
-    }
     if (timed_out >= rec.first && timed_out < rec.first + rec.count) {
       counters_.timed_out();
       fail_item(timed_out,
@@ -1025,8 +1029,13 @@ COSHARD_DECL void job_engine::handle_reply(std::size_t i, const frame_header& h,
         throw serialization_error("coshard: worker pid " + std::to_string(pid) + " held a partial of a job with none");
       try {
         const std::size_t failed = (h.flags & result_partial_held) ? 0 : on_result(h, payload, pid);
-        if (!rec || !rec->counted) progress_.items_done += h.count - failed;
-        progress_.items_failed += failed;
+        // A batch run again after its held partial was lost was counted
+        // when first answered; counts never go down, so an item of it that
+        // fails this time stays in items_done (the job fails on it).
+        if (!rec || !rec->counted) {
+          progress_.items_done += h.count - failed;
+          progress_.items_failed += failed;
+        }
       } catch (const serialization_error&) {
         throw;
       } catch (...) {

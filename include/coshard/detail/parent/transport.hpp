@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <span>
 #include <string>
@@ -93,6 +94,13 @@ class worker_transport {
   /// Whether slot `i`'s worker is on another machine (a cluster's other
   /// ranks): its reduce partials are held by default (job_options::hold_partials).
   [[nodiscard]] virtual bool is_remote(std::size_t /*i*/) const noexcept { return false; }
+
+  /// The largest batch (encoded inputs, in bytes) to cut for slot `i`, below
+  /// the job's max_batch_bytes where the way to the worker makes large
+  /// batches dear (a cluster's other ranks).
+  [[nodiscard]] virtual std::size_t batch_bytes_limit(std::size_t /*i*/) const noexcept {
+    return std::numeric_limits<std::size_t>::max();
+  }
 
   /// How many worker slots there are; fixed for the transport's life.
   [[nodiscard]] virtual std::size_t slot_count() const noexcept = 0;
