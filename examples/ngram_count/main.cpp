@@ -40,6 +40,7 @@
 #include <filesystem>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -191,9 +192,11 @@ double mb_per_s(std::uint64_t bytes, double seconds) {
 /// longer than a second shows a progress bar on stderr (chunks come back one
 /// per batch in ngram mode, so it moves with every chunk).
 template <class Count>
-word_counts run_pool(coshard::basic_pool& pool, const std::vector<chunk>& chunks, Count count) {
+word_counts run_pool(coshard::basic_pool& pool, const std::vector<chunk>& chunks, Count count,
+                     std::optional<bool> hold_partials) {
   coshard::job_options options;
   options.progress = coshard::progress_bar({.label = "count", .unit = "chunks"});
+  options.hold_partials = hold_partials;
   return pool.map_reduce(chunks, count, add_counts{}, word_counts{}, options);
 }
 
@@ -275,6 +278,12 @@ int main(int argc, char** argv) {
   app.add_option("--size-mb", size_mb, "size of the generated file")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--seed", seed, "seed of the generator")->capture_default_str();
   app.add_option("--dict", dict, "word list the generator draws from")->capture_default_str();
+  std::string hold = "auto";
+  app.add_option("--hold-partials", hold,
+                 "whether workers keep their partial word table across chunks until the pool asks for it "
+                 "(job_options::hold_partials; auto: only on other MPI ranks)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "on", "off"}));
   bool use_mpi = false;
   app.add_flag("--mpi", use_mpi,
                "run across the ranks of an MPI job (start with mpirun): every rank forks --workers workers "
@@ -364,12 +373,13 @@ int main(int argc, char** argv) {
       pool = local.get();
       pool_workers = local->size();
     }
+    const std::optional<bool> hold_partials = hold == "auto" ? std::nullopt : std::optional<bool>(hold == "on");
     std::printf("mode: %s\nworkers: %zu\n", text_mode ? "text" : "ngram", pool_workers);
     std::fflush(stdout);  // before the progress line, when stdout is a file or pipe
 
     auto t0 = std::chrono::steady_clock::now();
     const word_counts result =
-        text_mode ? run_pool(*pool, chunks, count_text) : run_pool(*pool, chunks, count_ngram);
+        text_mode ? run_pool(*pool, chunks, count_text, hold_partials) : run_pool(*pool, chunks, count_ngram, hold_partials);
     const double seconds = seconds_since(t0);
     print_summary(result, files.size(), chunks.size(), seconds, top, lookups, text_mode);
 
