@@ -1,6 +1,7 @@
 // Tests of coshard/serialization.hpp: round trips, the raw-bytes path, and
-// bounds checks on hostile input.
+// bounds checks on hostile input; and how the parent splits an encoded batch.
 #include "coshard/serialization.hpp"
+#include "coshard/detail/parent/batch.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -132,4 +133,31 @@ TEST_CASE("random bytes never crash the decoder") {
     }
   }
   CHECK(refused > 1900);  // almost all random inputs are invalid
+}
+
+// A batch run again on a worker with smaller batches (a cluster's other
+// ranks) is split where its items end within the limit, never inside one.
+TEST_CASE("batch_record::items_within counts the first items that fit, at least one") {
+  coshard::detail::batch_record fixed;  // 10 items of 8 bytes
+  fixed.count = 10;
+  fixed.item_size = 8;
+  fixed.payload.append(std::string(80, 'x').data(), 80);
+  CHECK(fixed.items_within(80) == 10);
+  CHECK(fixed.items_within(1000) == 10);
+  CHECK(fixed.items_within(79) == 9);
+  CHECK(fixed.items_within(16) == 2);
+  CHECK(fixed.items_within(15) == 1);
+  CHECK(fixed.items_within(0) == 1);  // one item travels alone, whatever its size
+
+  coshard::detail::batch_record encoded;  // items of 5, 100, 1, 30 and 64 bytes
+  encoded.count = 5;
+  encoded.offsets = {0, 5, 105, 106, 136};
+  encoded.payload.append(std::string(200, 'y').data(), 200);
+  CHECK(encoded.items_within(200) == 5);
+  CHECK(encoded.items_within(199) == 4);
+  CHECK(encoded.items_within(136) == 4);
+  CHECK(encoded.items_within(135) == 3);
+  CHECK(encoded.items_within(105) == 2);
+  CHECK(encoded.items_within(104) == 1);
+  CHECK(encoded.items_within(4) == 1);
 }

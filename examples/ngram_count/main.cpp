@@ -15,6 +15,7 @@
 //   ngram_count FILE_OR_DIR... --sequential   count in this process, each file in one pass, no pool
 //   ngram_count --text DIR_OR_FILE...    count words (lowercased letter runs) in ordinary text
 //   ngram_count --generate FILE --size-mb N [--seed S]
+//   mpirun -np 3 ngram_count --mpi FILE_OR_DIR... [--hold-partials auto|on|off]   across MPI ranks
 //
 // Output is one `key: value` per line so that scripts can read it
 // (see smoke_test.sh next to this file). The counting core (work item, parser,
@@ -379,7 +380,8 @@ int main(int argc, char** argv) {
 
     auto t0 = std::chrono::steady_clock::now();
     const word_counts result =
-        text_mode ? run_pool(*pool, chunks, count_text, hold_partials) : run_pool(*pool, chunks, count_ngram, hold_partials);
+        text_mode ? run_pool(*pool, chunks, count_text, hold_partials)
+                  : run_pool(*pool, chunks, count_ngram, hold_partials);
     const double seconds = seconds_since(t0);
     print_summary(result, files.size(), chunks.size(), seconds, top, lookups, text_mode);
 

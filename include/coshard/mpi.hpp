@@ -40,13 +40,17 @@ struct cluster_options {
   /// 500 ms while idle) is taken as lost: the jobs that need its workers fail
   /// with pool_error naming it.
   std::chrono::milliseconds rank_timeout{3000};
-  /// The largest batch (its encoded inputs) sent to a worker on another rank;
-  /// the lesser of this and pool.max_batch_bytes applies. A remote batch is
-  /// copied by MPI and by its rank's relay on the way in and again on the
-  /// way out, and those copies cost a fraction as much while a batch stays
-  /// in a core's cache: the trivial dispatch moved about 1.5x the items per
+  /// Batches for a worker on another rank are closed once their encoded
+  /// inputs reach this size (the lesser of this and pool.max_batch_bytes
+  /// applies; a batch run again is split to fit). A remote batch is copied
+  /// by MPI and by its rank's relay on the way in and again on the way out,
+  /// and those copies cost a fraction as much while a batch stays in a
+  /// core's cache: the trivial dispatch moved about 1.3x the items per
   /// second with 128 KiB as with 1 MiB (docs/BENCHMARKS.md, "Across MPI
-  /// ranks"). Items larger than this still travel, one per batch.
+  /// ranks"). Items larger than this still travel, one per batch. Awaitable
+  /// jobs with large items (above remote_batch_bytes * batches_in_flight /
+  /// concurrency each) then keep fewer than `concurrency` items running in a
+  /// remote worker: raise it for them.
   std::size_t remote_batch_bytes = std::size_t{128} << 10;
   /// Everything else, as for a process_pool (batch_size, item_timeout,
   /// max_retries, ...); its `workers` and `concurrency` are the two above.
@@ -143,7 +147,8 @@ class cluster : private detail::mpi_session, public basic_pool {
  public:
   /// Initialises MPI, forks this rank's workers and, on the root, starts the
   /// MPI thread; remote workers join as their ranks report them. Throws
-  /// pool_error if MPI or a worker cannot start (on the root, the other
+  /// pool_error if an option is invalid (on every rank, before it forks
+  /// anything), or if MPI or a worker cannot start (on the root, the other
   /// ranks are told to stop first, so that nothing waits for it).
   cluster(int& argc, char**& argv, cluster_options options = {})
       : detail::mpi_session(argc, argv), basic_pool(rank_ == 0 ? make_root(options) : nullptr) {
@@ -174,7 +179,13 @@ class cluster : private detail::mpi_session, public basic_pool {
   int serve() { return server_ ? server_->serve() : 0; }
 
  private:
+  // Every rank checks the options before it forks anything, so that a bad
+  // value fails every rank at once (none waits for a root that gave up).
   static pool_options local_options(const cluster_options& o) {
+    if (o.workers_per_rank == 0) throw pool_error("coshard: cluster_options.workers_per_rank must be at least 1");
+    if (o.remote_batch_bytes == 0) throw pool_error("coshard: cluster_options.remote_batch_bytes must be at least 1");
+    if (o.rank_timeout < 4 * coshard::detail::heartbeat_interval)
+      throw pool_error("coshard: cluster_options.rank_timeout must be at least 4 heartbeats (2000 ms)");
     pool_options p = o.pool;
     p.workers = o.workers_per_rank;
     p.concurrency = o.concurrency;
@@ -183,15 +194,12 @@ class cluster : private detail::mpi_session, public basic_pool {
   }
 
   std::shared_ptr<coshard::detail::pool_core> make_root(const cluster_options& o) {
-    if (o.workers_per_rank == 0) throw pool_error("coshard: cluster_options.workers_per_rank must be at least 1");
+    const pool_options local = local_options(o);
     if (!o.root_workers && size_ < 2) {
       // The other ranks (none here) are not waiting for anything yet.
       throw pool_error("coshard: cluster_options.root_workers is false and this MPI job has no other rank:"
                        " the cluster would have no worker (start it with mpirun -np 2 or more)");
     }
-    if (o.remote_batch_bytes == 0) throw pool_error("coshard: cluster_options.remote_batch_bytes must be at least 1");
-    if (o.rank_timeout < 4 * coshard::detail::heartbeat_interval)
-      throw pool_error("coshard: cluster_options.rank_timeout must be at least 4 heartbeats (2000 ms)");
     root_ = std::make_shared<detail::root_link>();
     root_->link.emplace(comm_, root_->io,
                         [this](int source, const coshard::detail::cluster_message& m,
@@ -207,7 +215,7 @@ class cluster : private detail::mpi_session, public basic_pool {
     std::shared_ptr<coshard::detail::pool_core> core;
     try {
       core = std::make_shared<coshard::detail::pool_core>(
-          local_options(o), [&](coshard::detail::worker_set& local) {
+          local, [&](coshard::detail::worker_set& local) {
             auto t = std::make_unique<coshard::detail::cluster_transport>(local, link, ranks, 0,
                                                                            o.remote_batch_bytes);
             transport_ = t.get();

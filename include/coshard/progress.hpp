@@ -15,8 +15,8 @@ struct job_progress {
   /// Items whose result came back (in map_settled: whose value came back;
   /// in a reduce job: folded into the partial their worker holds until the
   /// parent asks for it, and counted once even if that partial is lost with
-  /// its worker and the items run again; should one of them fail then, it
-  /// stays counted here, not in items_failed, and the job fails on it).
+  /// its worker and the items run again; should one of them fail then, it is
+  /// counted in items_failed as well, and the job fails on it).
   std::size_t items_done = 0;
   /// Items that failed: a task_error, a worker_crashed, a timeout_error, or an
   /// input that could not be sent. Not in items_done: done + failed counts

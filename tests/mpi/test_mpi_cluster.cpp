@@ -19,6 +19,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <future>
@@ -311,6 +312,14 @@ TEST_CASE("cluster: a root without workers of its own leaves every item to the o
   out = c.map(iota_vector(100'000), [](long x) { return -x; }, one_batch);
   CHECK(c.stats().batches - before == 7);
   for (long i = 0; i < 100'000; ++i) REQUIRE(out[static_cast<std::size_t>(i)] == -i);
+  // Items encoded one by one (strings: an 8-byte length, then the bytes)
+  // close a batch once it reaches the cap: 128 of 1 KiB each, so 1000 go
+  // in 8 batches.
+  const std::vector<std::string> pages(1000, std::string(1016, 'p'));
+  const auto before_strings = c.stats().batches;
+  const auto sizes = c.map(pages, [](const std::string& s) { return s.size(); }, one_batch);
+  CHECK(c.stats().batches - before_strings == 8);
+  CHECK(sizes == std::vector<std::size_t>(1000, 1016));
 }
 
 // Run on its own (it ends the cluster's usefulness): ctest runs it as

@@ -384,8 +384,8 @@ class cluster_transport final : public worker_transport {
   local_transport local_transport_;
   std::shared_ptr<mpi_link> link_;  // shared: a job may outlive the cluster that made it
   std::vector<std::unique_ptr<remote_worker>> remote_;  // by rank, then worker
-  std::vector<std::size_t> first_of_rank_;
-  std::size_t remote_batch_bytes_;  // rank r's workers: remote_[first_of_rank_[r], first_of_rank_[r + 1])
+  std::vector<std::size_t> first_of_rank_;  // rank r's workers: remote_[first_of_rank_[r], first_of_rank_[r + 1])
+  std::size_t remote_batch_bytes_;          // batch_bytes_limit() of every remote slot
 };
 
 }  // namespace coshard::detail

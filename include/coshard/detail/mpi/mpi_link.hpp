@@ -162,8 +162,9 @@ class mpi_link {
       // and after 200 ms without messages up to deep_idle_poll. A send() from
       // another thread cuts the wait short.
       const auto quiet = now - active_at;
-      const auto pause = std::clamp(duration_cast<microseconds>(quiet) / 8, microseconds(20),
-                                    quiet > milliseconds(200) ? deep_idle_poll : idle_poll_);
+      const microseconds shortest(20);
+      const microseconds longest = std::max(shortest, quiet > milliseconds(200) ? deep_idle_poll : idle_poll_);
+      const auto pause = std::clamp(duration_cast<microseconds>(quiet) / 8, shortest, longest);
       timer_.expires_after(pause);
       asio::error_code ec;
       co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));

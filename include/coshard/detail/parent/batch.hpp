@@ -42,6 +42,21 @@ struct batch_record {
     if (k == count) return payload.size();
     return item_size ? k * item_size : offsets[k];
   }
+
+  /// How many of the first items fit in `max_bytes` together: all if the
+  /// payload does, else the most whose bytes do, but at least one.
+  [[nodiscard]] std::size_t items_within(std::size_t max_bytes) const noexcept {
+    if (payload.size() <= max_bytes) return count;
+    std::size_t lo = 1, hi = count;  // the last k whose items end (item_offset(k)) within max_bytes
+    while (lo < hi) {
+      const std::size_t mid = lo + (hi - lo + 1) / 2;
+      if (item_offset(mid) <= max_bytes)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    return lo;
+  }
 };
 
 /// Chooses batch sizes: fixed, or adapted so one batch takes about

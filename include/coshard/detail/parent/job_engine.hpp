@@ -100,8 +100,7 @@ class job_engine {
         sizer_(opts_, transport.slot_count(), shape.awaitable),
         max_held_(held_limit(opts_, shape.awaitable)),
         channels_(transport.slot_count()),
-        spare_(spare_buffers(opts_, transport.slot_count(), may_hold(opts_, transport, shape)),
-               4 * opts_.max_batch_bytes, spare_bytes(opts_, transport.slot_count(), may_hold(opts_, transport, shape))) {}
+        spare_(spare_pool(opts_, transport, shape)) {}
   virtual ~job_engine() = default;
   job_engine(job_engine&&) = default;  // before it runs only
   job_engine& operator=(job_engine&&) = delete;
@@ -136,9 +135,9 @@ class job_engine {
   /// Starts reading the input: sets input_done_ if it is empty and total_ if
   /// its size is known.
   virtual void open_input() = 0;
-  /// The next batch of at most `budget` items and (unless a single item is
-  /// larger) `max_bytes` encoded bytes cut from the input (made with
-  /// new_batch() and finished with finish_cut()), or none if none is ready.
+  /// The next batch of at most `budget` items cut from the input, closed
+  /// once its encoded inputs reach `max_bytes` (made with new_batch() and
+  /// finished with finish_cut()), or none if none is ready.
   /// Sets input_done_ at the end of the input; may throw what the input
   /// range throws, and reject single items with reject_input().
   virtual std::optional<batch_record> cut_from_input(std::size_t budget, std::size_t max_bytes) = 0;
@@ -208,6 +207,11 @@ class job_engine {
   // the next ones (not freed and allocated again), so up to max_parked more
   // per slot, of at most max_parked_bytes more per slot together. What is
   // kept never exceeds what the job had in use at once.
+  static buffer_pool spare_pool(const job_settings& o, const worker_transport& transport, const job_shape& shape) {
+    const bool holding = may_hold(o, transport, shape);
+    const std::size_t slots = transport.slot_count();
+    return buffer_pool(spare_buffers(o, slots, holding), 4 * o.max_batch_bytes, spare_bytes(o, slots, holding));
+  }
   static std::size_t spare_buffers(const job_settings& o, std::size_t slots, bool holding) {
     return 2 * slots * o.batches_in_flight + (holding ? slots * max_parked : 0);
   }
@@ -383,16 +387,21 @@ class job_engine {
   // that holds nothing else, so a second death convicts it alone.
   std::optional<batch_record> next_batch(std::size_t i, const channel& ch, std::size_t budget) {
     if (stopping()) return std::nullopt;
+    const std::size_t max_bytes = std::min(opts_.max_batch_bytes, transport_.batch_bytes_limit(i));
     if (!retry_.empty()) {
       // (Parked batches too: a flush first, so that isolating a poison item
       // does not cost them again each time it kills the worker.)
       if (retry_.front().suspect && !ch.held.empty()) return std::nullopt;
       batch_record rec = std::move(retry_.front());
       retry_.pop_front();
-      if (rec.count > budget) {  // give the worker what it may still run, keep the rest
-        batch_record rest = slice(rec, budget, rec.count);
+      // Give the worker what it may still run, and (a batch cut for a local
+      // slot going to a remote one) what fits its smaller batches; keep the rest.
+      const std::size_t fit = max_bytes < opts_.max_batch_bytes ? rec.items_within(max_bytes) : rec.count;
+      const std::size_t take = std::min(budget, fit);
+      if (rec.count > take) {
+        batch_record rest = slice(rec, take, rec.count);
         rest.suspect = rec.suspect;
-        batch_record head = slice(rec, 0, budget);
+        batch_record head = slice(rec, 0, take);
         head.suspect = rec.suspect;
         head.crashes = rec.crashes;
         retry_.push_front(std::move(rest));
@@ -408,7 +417,7 @@ class job_engine {
     // over the range: nothing already cut is shifted and no worker is blamed.
     try {
       if (input_done_ || stopping()) return std::nullopt;
-      return cut_from_input(budget, std::min(opts_.max_batch_bytes, transport_.batch_bytes_limit(i)));
+      return cut_from_input(budget, max_bytes);
     } catch (...) {
       input_done_ = true;
       fail(std::current_exception());
@@ -424,6 +433,7 @@ class job_engine {
     out.count = static_cast<std::uint32_t>(to - from);
     out.item_size = rec.item_size;
     out.counted = rec.counted;
+    out.no_hold = rec.no_hold;
     const std::size_t begin = rec.item_offset(from), end = rec.item_offset(to);
     out.payload = spare_.take();
     out.payload.append(rec.payload.data() + begin, end - begin);
@@ -1029,13 +1039,8 @@ COSHARD_DECL void job_engine::handle_reply(std::size_t i, const frame_header& h,
         throw serialization_error("coshard: worker pid " + std::to_string(pid) + " held a partial of a job with none");
       try {
         const std::size_t failed = (h.flags & result_partial_held) ? 0 : on_result(h, payload, pid);
-        // A batch run again after its held partial was lost was counted
-        // when first answered; counts never go down, so an item of it that
-        // fails this time stays in items_done (the job fails on it).
-        if (!rec || !rec->counted) {
-          progress_.items_done += h.count - failed;
-          progress_.items_failed += failed;
-        }
+        if (!rec || !rec->counted) progress_.items_done += h.count - failed;
+        progress_.items_failed += failed;
       } catch (const serialization_error&) {
         throw;
       } catch (...) {
