@@ -136,28 +136,44 @@ TEST_CASE("random bytes never crash the decoder") {
 }
 
 // A batch run again on a worker with smaller batches (a cluster's other
-// ranks) is split where its items end within the limit, never inside one.
-TEST_CASE("batch_record::items_within counts the first items that fit, at least one") {
+// ranks) is split between items where a fresh cut would have closed it: up
+// to and including the first item that reaches the limit.
+TEST_CASE("batch_record::items_within takes the items a fresh cut at the limit would, at least one") {
   coshard::detail::batch_record fixed;  // 10 items of 8 bytes
   fixed.count = 10;
   fixed.item_size = 8;
   fixed.payload.append(std::string(80, 'x').data(), 80);
-  CHECK(fixed.items_within(80) == 10);
-  CHECK(fixed.items_within(1000) == 10);
-  CHECK(fixed.items_within(79) == 9);
-  CHECK(fixed.items_within(16) == 2);
-  CHECK(fixed.items_within(15) == 1);
-  CHECK(fixed.items_within(0) == 1);  // one item travels alone, whatever its size
+  CHECK(fixed.items_within(0, 80) == 10);
+  CHECK(fixed.items_within(0, 1000) == 10);
+  CHECK(fixed.items_within(0, 79) == 10);  // the 10th item reaches 79: a cut would close after it
+  CHECK(fixed.items_within(0, 72) == 9);
+  CHECK(fixed.items_within(0, 16) == 2);
+  CHECK(fixed.items_within(0, 15) == 2);
+  CHECK(fixed.items_within(0, 8) == 1);
+  CHECK(fixed.items_within(0, 0) == 1);  // one item travels alone, whatever its size
+  CHECK(fixed.items_within(3, 16) == 2);
+  CHECK(fixed.items_within(8, 16) == 2);
+  CHECK(fixed.items_within(8, 9) == 2);
+  CHECK(fixed.items_within(9, 1) == 1);
 
   coshard::detail::batch_record encoded;  // items of 5, 100, 1, 30 and 64 bytes
   encoded.count = 5;
   encoded.offsets = {0, 5, 105, 106, 136};
   encoded.payload.append(std::string(200, 'y').data(), 200);
-  CHECK(encoded.items_within(200) == 5);
-  CHECK(encoded.items_within(199) == 4);
-  CHECK(encoded.items_within(136) == 4);
-  CHECK(encoded.items_within(135) == 3);
-  CHECK(encoded.items_within(105) == 2);
-  CHECK(encoded.items_within(104) == 1);
-  CHECK(encoded.items_within(4) == 1);
+  CHECK(encoded.items_within(0, 200) == 5);
+  CHECK(encoded.items_within(0, 199) == 5);
+  CHECK(encoded.items_within(0, 137) == 5);
+  CHECK(encoded.items_within(0, 136) == 4);
+  CHECK(encoded.items_within(0, 107) == 4);
+  CHECK(encoded.items_within(0, 106) == 3);
+  CHECK(encoded.items_within(0, 105) == 2);
+  CHECK(encoded.items_within(0, 6) == 2);
+  CHECK(encoded.items_within(0, 5) == 1);
+  CHECK(encoded.items_within(0, 4) == 1);
+  CHECK(encoded.items_within(1, 100) == 1);  // from item 1 (offset 5): 100, 1, 30, 64 bytes
+  CHECK(encoded.items_within(1, 101) == 2);
+  CHECK(encoded.items_within(2, 31) == 2);
+  CHECK(encoded.items_within(2, 95) == 3);
+  CHECK(encoded.items_within(2, 94) == 3);
+  CHECK(encoded.items_within(4, 1) == 1);
 }

@@ -42,7 +42,7 @@ struct cluster_options {
   std::chrono::milliseconds rank_timeout{3000};
   /// Batches for a worker on another rank are closed once their encoded
   /// inputs reach this size (the lesser of this and pool.max_batch_bytes
-  /// applies; a batch run again is split to fit). A remote batch is copied
+  /// applies; a batch run again is split the same way). A remote batch is copied
   /// by MPI and by its rank's relay on the way in and again on the way out,
   /// and those copies cost a fraction as much while a batch stays in a
   /// core's cache: the trivial dispatch moved about 1.3x the items per
@@ -194,7 +194,7 @@ class cluster : private detail::mpi_session, public basic_pool {
   }
 
   std::shared_ptr<coshard::detail::pool_core> make_root(const cluster_options& o) {
-    const pool_options local = local_options(o);
+    const pool_options own_options = local_options(o);
     if (!o.root_workers && size_ < 2) {
       // The other ranks (none here) are not waiting for anything yet.
       throw pool_error("coshard: cluster_options.root_workers is false and this MPI job has no other rank:"
@@ -215,7 +215,7 @@ class cluster : private detail::mpi_session, public basic_pool {
     std::shared_ptr<coshard::detail::pool_core> core;
     try {
       core = std::make_shared<coshard::detail::pool_core>(
-          local, [&](coshard::detail::worker_set& local) {
+          own_options, [&](coshard::detail::worker_set& local) {
             auto t = std::make_unique<coshard::detail::cluster_transport>(local, link, ranks, 0,
                                                                            o.remote_batch_bytes);
             transport_ = t.get();

@@ -20,7 +20,7 @@ struct job_progress {
   std::size_t items_done = 0;
   /// Items that failed: a task_error, a worker_crashed, a timeout_error, or an
   /// input that could not be sent. Not in items_done: done + failed counts
-  /// each finished item once.
+  /// each finished item once (but for the reduce-job case under items_done).
   std::size_t items_failed = 0;
   /// Items sent to a worker again: after the worker holding them died or was
   /// stopped, or because their batch was cut short (counted as they are sent).

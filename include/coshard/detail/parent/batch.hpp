@@ -43,19 +43,22 @@ struct batch_record {
     return item_size ? k * item_size : offsets[k];
   }
 
-  /// How many of the first items fit in `max_bytes` together: all if the
-  /// payload does, else the most whose bytes do, but at least one.
-  [[nodiscard]] std::size_t items_within(std::size_t max_bytes) const noexcept {
-    if (payload.size() <= max_bytes) return count;
-    std::size_t lo = 1, hi = count;  // the last k whose items end (item_offset(k)) within max_bytes
+  /// How many items from item `from` on a batch cut at `max_bytes` would
+  /// take, as a fresh cut closes a batch: all that are left if their bytes
+  /// fit, else up to and including the first whose end reaches max_bytes
+  /// (so at least one). `from` < count.
+  [[nodiscard]] std::size_t items_within(std::size_t from, std::size_t max_bytes) const noexcept {
+    const std::size_t base = item_offset(from);
+    if (payload.size() - base <= max_bytes) return count - from;
+    std::size_t lo = from + 1, hi = count;  // the first k whose item_offset(k) - base reaches max_bytes
     while (lo < hi) {
-      const std::size_t mid = lo + (hi - lo + 1) / 2;
-      if (item_offset(mid) <= max_bytes)
-        lo = mid;
+      const std::size_t mid = lo + (hi - lo) / 2;
+      if (item_offset(mid) - base >= max_bytes)
+        hi = mid;
       else
-        hi = mid - 1;
+        lo = mid + 1;
     }
-    return lo;
+    return lo - from;
   }
 };
 

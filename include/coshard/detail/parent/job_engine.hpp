@@ -395,16 +395,23 @@ class job_engine {
       batch_record rec = std::move(retry_.front());
       retry_.pop_front();
       // Give the worker what it may still run, and (a batch cut for a local
-      // slot going to a remote one) what fits its smaller batches; keep the rest.
-      const std::size_t fit = max_bytes < opts_.max_batch_bytes ? rec.items_within(max_bytes) : rec.count;
-      const std::size_t take = std::min(budget, fit);
+      // slot going to a remote one) what its smaller batches hold; keep the
+      // rest, cut the same way at once (slicing the rest again at each pull
+      // would copy it once per piece).
+      const bool by_bytes = max_bytes < opts_.max_batch_bytes;
+      const std::size_t take = std::min(budget, by_bytes ? rec.items_within(0, max_bytes) : rec.count);
       if (rec.count > take) {
-        batch_record rest = slice(rec, take, rec.count);
-        rest.suspect = rec.suspect;
         batch_record head = slice(rec, 0, take);
         head.suspect = rec.suspect;
         head.crashes = rec.crashes;
-        retry_.push_front(std::move(rest));
+        std::vector<batch_record> rest;
+        for (std::size_t from = take; from < rec.count;) {
+          const std::size_t n = by_bytes ? rec.items_within(from, max_bytes) : rec.count - from;
+          rest.push_back(slice(rec, from, from + n));
+          rest.back().suspect = rec.suspect;
+          from += n;
+        }
+        for (auto it = rest.rbegin(); it != rest.rend(); ++it) retry_.push_front(std::move(*it));
         spare_.give(std::move(rec.payload));
         progress_.items_retried += head.count;
         return head;
