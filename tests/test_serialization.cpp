@@ -177,3 +177,27 @@ TEST_CASE("batch_record::items_within takes the items a fresh cut at the limit w
   CHECK(encoded.items_within(2, 94) == 3);
   CHECK(encoded.items_within(4, 1) == 1);
 }
+
+// A batch parked in a cluster may sit in a recycled buffer of a larger one;
+// it keeps only what it needs, and the large buffer goes back for reuse.
+TEST_CASE("batch_record::fit_payload moves a small batch out of a large buffer, keeping its bytes") {
+  coshard::detail::buffer_pool spare(4, std::size_t{4} << 20);
+  coshard::detail::batch_record rec;
+  rec.count = 1;
+  rec.item_size = 100'000;
+  rec.payload.reserve(std::size_t{1} << 20);
+  std::string bytes(100'000, 'a');
+  for (std::size_t k = 0; k < bytes.size(); ++k) bytes[k] = static_cast<char>('a' + k % 26);
+  rec.payload.append(bytes.data(), bytes.size());
+  REQUIRE(rec.payload.capacity() >= (std::size_t{1} << 20));
+  rec.fit_payload(spare);
+  CHECK(rec.payload.size() == bytes.size());
+  CHECK(rec.payload.capacity() < 2 * bytes.size());
+  CHECK(std::memcmp(rec.payload.data(), bytes.data(), bytes.size()) == 0);
+  CHECK(spare.take().capacity() >= (std::size_t{1} << 20));  // the large buffer, for the next batch
+
+  // A payload that fills most of its buffer stays where it is.
+  const auto* before = rec.payload.data();
+  rec.fit_payload(spare);
+  CHECK(rec.payload.data() == before);
+}

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "coshard/detail/byte_buffer.hpp"
@@ -41,6 +42,19 @@ struct batch_record {
   [[nodiscard]] std::size_t item_offset(std::size_t k) const noexcept {
     if (k == count) return payload.size();
     return item_size ? k * item_size : offsets[k];
+  }
+
+  /// Moves the payload into a buffer of about its size if it sits in one
+  /// more than twice as large (a recycled buffer of a larger batch: a
+  /// cluster's remote slots cut 128 KiB batches into the 1 MiB buffers of
+  /// local ones), giving the large buffer back to `spare`. For a batch kept
+  /// waiting (parked): the memory it keeps is then what it needs.
+  void fit_payload(buffer_pool& spare) {
+    if (payload.capacity() <= 2 * payload.size() + 4096) return;
+    byte_buffer fitted;
+    fitted.reserve(payload.size());
+    fitted.append(payload.data(), payload.size());
+    spare.give(std::exchange(payload, std::move(fitted)));
   }
 
   /// How many items from item `from` on a batch cut at `max_bytes` would

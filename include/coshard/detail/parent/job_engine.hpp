@@ -936,6 +936,7 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
       rec->suspect = false;  // it ran to the end: none of its items is to blame
       rec->crashes = 0;
       ++ch.parked;
+      rec->fit_payload(spare_);
       ch.parked_bytes += rec->payload.capacity();  // the memory it keeps
     } else {
       spare_.give(std::move(rec->payload));
