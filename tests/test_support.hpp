@@ -218,7 +218,6 @@ void with_pool_of(const Options& opts, Body body) {
   CHECK(fds.leaked() == 0);
 }
 
-/// with_pool_of for a coshard::process_pool.
 /// A reduce job whose partials are about 1.6 KB however many items they
 /// cover: map_reduce_by_key over 0..items-1 in batches of 10, every item
 /// giving the same 100 keys. Checks the merged counts; returns the batches
@@ -247,6 +246,7 @@ std::pair<std::size_t, std::uint64_t> run_fixed_size_partials(Pool& pool, long i
   return {after.batches - before.batches, after.bytes_received - before.bytes_received};
 }
 
+/// with_pool_of for a coshard::process_pool.
 template <class Body>
 void with_pool(const coshard::pool_options& opts, Body body) {
   with_pool_of<coshard::process_pool>(opts, body);

@@ -192,13 +192,16 @@ class job_engine {
   bool input_done_ = false;
 
  private:
-  // Whether any worker of the job may hold reduce partials (hold_partials,
-  // by default for remote slots only).
+  // Whether slot i's worker folds this reduce job's partials into one it
+  // holds (hold_partials; unset: remote slots only).
+  static bool holds_partials(const job_settings& o, const worker_transport& transport, std::size_t i) {
+    return o.hold_partials.value_or(transport.is_remote(i));
+  }
+  // Whether any worker of the job may hold reduce partials.
   static bool may_hold(const job_settings& o, const worker_transport& transport, const job_shape& shape) {
     if (!shape.reduce) return false;
-    if (o.hold_partials) return *o.hold_partials;
     for (std::size_t i = 0; i < transport.slot_count(); ++i)
-      if (transport.is_remote(i)) return true;
+      if (holds_partials(o, transport, i)) return true;
     return false;
   }
 
@@ -829,7 +832,7 @@ COSHARD_DECL asio::awaitable<bool> job_engine::serve_worker(std::size_t i, worke
       h.first_index = b.first;
       h.count = b.count;
       h.payload_size = b.payload.size();
-      if (shape_.reduce && !stop_holding_ && !b.no_hold && opts_.hold_partials.value_or(transport_.is_remote(i)))
+      if (shape_.reduce && !stop_holding_ && !b.no_hold && holds_partials(opts_, transport_, i))
         h.flags = batch_hold_partial;
       try {
         if (started) {
